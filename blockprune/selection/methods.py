@@ -1,0 +1,167 @@
+"""The method registry and the one front door, ``select``.
+
+Each method is registered under a stable name (what configs and MLflow record) with a small spec
+saying which input it reads, so a driver knows what to compute before calling it:
+
+- ``needs="block"``: one score per block (BI, ΔH, single-block MI, relative magnitude);
+- ``needs="run"``: a run scorer ``score_run(tuple) -> float`` (angular distance, run MI);
+- ``needs="none"``: position only (sequential, reverse).
+
+``prunes`` says whether the lowest or highest scores go (``None`` for positional baselines);
+``score`` names the score the method expects, the key it gets in ``PrunePlan.scores``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from blockprune.registry import Registry
+from blockprune.selection.entrodrop import entrodrop_select
+from blockprune.selection.fbs import brute_force_select, fast_block_select
+from blockprune.selection.result import Selection
+from blockprune.selection.scorer import BatchRunScorer, CachedRunScorer, RunScoreFn, is_run_scorer
+from blockprune.selection.topk import (
+    angular_contiguous,
+    check_block_scores,
+    check_n_blocks,
+    check_n_prune,
+    mi_greedy,
+    reverse_order,
+    select_lowest,
+    sequential,
+)
+
+Needs = Literal["block", "run", "none"]
+Prunes = Literal["lowest", "highest"]
+Scorer = RunScoreFn | BatchRunScorer
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What a selection method needs and what it does with it.
+
+    ``fn`` has one signature for all methods, so drivers can call any of them the same way:
+    ``fn(n_blocks, n_prune, *, block_scores, score_run, s_start) -> Selection`` (inputs a method
+    does not need are ignored); prefer :func:`select`, which validates first.
+    """
+
+    name: str
+    needs: Needs
+    prunes: Prunes | None
+    score: str | None
+    fn: Callable[..., Selection]
+    description: str = ""
+
+
+METHODS: Registry[MethodSpec] = Registry("selection method")
+
+
+def _register(
+    name: str, needs: Needs, prunes: Prunes | None, score: str | None, description: str
+) -> Callable[[Callable[..., Selection]], Callable[..., Selection]]:
+    def deco(fn: Callable[..., Selection]) -> Callable[..., Selection]:
+        METHODS.register(name, MethodSpec(name, needs, prunes, score, fn, description))
+        return fn
+
+    return deco
+
+
+@_register("shortgpt", "block", "lowest", "bi", "ShortGPT: drop the lowest Block Influence")
+def _shortgpt(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
+    return select_lowest(block_scores, n_prune)
+
+
+@_register("sequential", "none", None, None, "baseline: blocks 1..k")
+def _sequential(n_blocks: int, n_prune: int, **_: object) -> Selection:
+    return sequential(n_blocks, n_prune)
+
+
+@_register("reverse", "none", None, None, "baseline: blocks L-1-k..L-2")
+def _reverse(n_blocks: int, n_prune: int, **_: object) -> Selection:
+    return reverse_order(n_blocks, n_prune)
+
+
+@_register("relative_magnitude", "block", "lowest", "relative_magnitude", "baseline: lowest ‖f(x)‖/‖x+f(x)‖")
+def _relative_magnitude(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
+    return select_lowest(block_scores, n_prune)
+
+
+@_register(
+    "angular", "run", "lowest", "angular_distance", "Gromov et al.: contiguous run of lowest angular distance"
+)
+def _angular(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> Selection:
+    return angular_contiguous(n_blocks, n_prune, score_run)
+
+
+@_register(
+    "entrodrop", "block", "lowest", "delta_h", "EntroDrop: lowest ΔH after the entropy-decreasing stage"
+)
+def _entrodrop(
+    n_blocks: int, n_prune: int, *, block_scores: list[float], s_start: int | None = None, **_: object
+) -> Selection:
+    return entrodrop_select(block_scores, n_prune, s_start=s_start)
+
+
+@_register("mi_greedy", "block", "highest", "mi", "MI-PRUN greedy: highest single-block MI")
+def _mi_greedy(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
+    return mi_greedy(block_scores, n_prune)
+
+
+@_register("mi_fbs", "run", "highest", "mi", "MI-PRUN Fast-Block-Select over contiguous runs")
+def _mi_fbs(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> Selection:
+    return fast_block_select(n_blocks, n_prune, score_run)
+
+
+@_register("mi_brute", "run", "highest", "mi", "MI-PRUN brute force: exact scores of every run ≤ N")
+def _mi_brute(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> Selection:
+    return brute_force_select(n_blocks, n_prune, score_run)
+
+
+def select(
+    method: str,
+    n_blocks: int,
+    n_prune: int,
+    *,
+    block_scores: Sequence[float] | None = None,
+    score_run: Scorer | None = None,
+    s_start: int | None = None,
+) -> Selection:
+    """Run a registered method after checking every input, before any scoring work starts.
+
+    Raises ``ValueError`` for n_prune < 1 or ≥ n_blocks, block scores of the wrong length or with
+    NaN/inf, a missing scorer, or ``s_start`` given to a method other than EntroDrop; an unknown
+    method raises ``UnknownNameError`` listing the known names. A ``block`` method given only a run
+    scorer gets its block scores from the single-block runs (counted in ``evaluations``).
+    """
+    spec = METHODS.get(method)
+    check_n_blocks(n_blocks)
+    check_n_prune(n_prune, n_blocks - 1, f"of {n_blocks} blocks may go (at least one must stay)")
+    n_blocks, n_prune = int(n_blocks), int(n_prune)
+    if s_start is not None and method != "entrodrop":
+        raise ValueError(f"s_start only applies to 'entrodrop', not {method!r}")
+    if score_run is not None and not is_run_scorer(score_run):
+        raise ValueError(f"score_run must be callable or have score_runs(), got {type(score_run).__name__}")
+    scores: list[float] | None = None
+    evaluations = 0
+    run_scores: dict[tuple[int, ...], float] = {}
+    if spec.needs == "block":
+        if block_scores is not None:
+            scores = check_block_scores(block_scores, n_blocks)
+        elif score_run is not None:
+            cached = CachedRunScorer(score_run, n_blocks)
+            cached.prefetch((i,) for i in range(n_blocks))
+            scores = [cached((i,)) for i in range(n_blocks)]
+            evaluations, run_scores = cached.evaluations, dict(cached.cache)
+        else:
+            raise ValueError(f"method {method!r} needs block_scores ({spec.score!r}, one per block)")
+    elif spec.needs == "run" and score_run is None:
+        raise ValueError(f"method {method!r} needs a run scorer score_run ({spec.score!r} of a run)")
+    elif block_scores is not None and spec.needs == "run":
+        check_block_scores(block_scores, n_blocks)  # not used, but a bad array is still a bug upstream
+    sel = spec.fn(n_blocks, n_prune, block_scores=scores, score_run=score_run, s_start=s_start)
+    info = {**sel.info, "method": method}
+    if evaluations:
+        return replace(sel, evaluations=evaluations, run_scores=run_scores, info=info)
+    return replace(sel, info=info)

@@ -1,0 +1,129 @@
+"""PrunePlan: the unit that is compared in MLflow and handed to ``apply_plan``.
+
+A frozen dataclass that round-trips through JSON unchanged. It carries everything needed to
+reproduce and audit a decision: which model (id + revision), which blocks at which granularity,
+which method/estimator with which parameters, which calibration data, and the scores behind it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Granularity = Literal["layer", "attention", "mlp"]
+GRANULARITIES: tuple[str, ...] = ("layer", "attention", "mlp")
+PLAN_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CalibrationSettings:
+    """Which tokens a plan was calibrated on; part of every plan and every store key."""
+
+    corpus: str
+    n_samples: int
+    seq_len: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.n_samples < 1 or self.seq_len < 2:
+            raise ValueError(f"need n_samples >= 1 and seq_len >= 2, got {self.n_samples} × {self.seq_len}")
+
+
+@dataclass(frozen=True)
+class PrunePlan:
+    """Blocks to remove from one model, and why.
+
+    ``blocks`` are 0-based decoder-layer indices of the *original* model. For ``attention``/``mlp``
+    granularity they name layers whose attention/MLP sub-block is skipped.
+    ``scores`` maps a score name (``"bi"``, ``"delta_h"``, ``"mi"`` …) to one value per block;
+    ``run_scores`` maps ``"start-end"`` (inclusive) to the exact score of a contiguous run.
+    """
+
+    model_id: str
+    n_blocks: int
+    blocks: tuple[int, ...]
+    granularity: Granularity = "layer"
+    method: str = "shortgpt"
+    estimator: str | None = None
+    estimator_params: dict[str, Any] = field(default_factory=dict)
+    calibration: CalibrationSettings | None = None
+    revision: str | None = None
+    scores: dict[str, list[float]] = field(default_factory=dict)
+    run_scores: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.granularity not in GRANULARITIES:
+            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        blocks = tuple(int(b) for b in self.blocks)
+        if len(set(blocks)) != len(blocks):
+            raise ValueError(f"duplicate blocks in plan: {blocks}")
+        bad = [b for b in blocks if not 0 <= b < self.n_blocks]
+        if bad:
+            raise ValueError(f"block indices {bad} out of range for a model with {self.n_blocks} blocks")
+        if self.granularity == "layer" and len(blocks) >= self.n_blocks:
+            raise ValueError(f"cannot remove all {self.n_blocks} layers")
+        object.__setattr__(self, "blocks", tuple(sorted(blocks)))
+
+    @property
+    def n_prune(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def kept(self) -> tuple[int, ...]:
+        """Layers that remain (for ``layer`` plans), in original indices."""
+        return tuple(i for i in range(self.n_blocks) if i not in set(self.blocks))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["blocks"] = list(self.blocks)
+        d["format_version"] = PLAN_FORMAT_VERSION
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PrunePlan:
+        d = dict(d)
+        version = d.pop("format_version", PLAN_FORMAT_VERSION)
+        if version != PLAN_FORMAT_VERSION:
+            raise ValueError(f"unsupported plan format_version {version}")
+        cal = d.get("calibration")
+        if cal is not None:
+            d["calibration"] = CalibrationSettings(**cal)
+        d["blocks"] = tuple(d["blocks"])
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, text: str) -> PrunePlan:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> PrunePlan:
+        return cls.from_json(Path(path).read_text())
+
+
+def run_key(run: tuple[int, ...] | list[int]) -> str:
+    """``"start-end"`` (inclusive) key of a contiguous run, the form ``PrunePlan.run_scores`` uses."""
+    if not run:
+        raise ValueError("a run needs at least one block")
+    return f"{int(run[0])}-{int(run[-1])}"
+
+
+def parse_run_key(key: str) -> tuple[int, ...]:
+    """Inverse of :func:`run_key`: ``"3-5"`` → ``(3, 4, 5)``."""
+    try:
+        start, end = (int(p) for p in key.split("-"))
+    except ValueError:
+        raise ValueError(f"run key must look like 'start-end', got {key!r}") from None
+    if not 0 <= start <= end:
+        raise ValueError(f"run key {key!r} needs 0 <= start <= end")
+    return tuple(range(start, end + 1))
