@@ -1,0 +1,236 @@
+"""Activation capture with forward hooks on the decoder layers.
+
+Why hooks and not ``output_hidden_states``: the last hidden state transformers returns is after
+the final norm, which would distort the last block's scores. Hooks see each layer's true input
+and output. Inside the hook the sampled rows are gathered on the device and only they leave it,
+and every-token statistics are reduced to a few scalars there, so host memory is bounded by the
+sample size, never by the corpus size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from blockprune.calibration.stats import BlockStats
+from blockprune.calibration.store import ActivationStore, StoreWriter, boundary_name
+from blockprune.calibration.windows import TokenWindows
+from blockprune.models.adapters import Adapter
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteActivationError(FloatingPointError):
+    """NaN or inf appeared in a layer's activations."""
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """How much to keep: ``sample_rows`` tokens per boundary, in ``store_dtype``."""
+
+    sample_rows: int = 4096
+    store_dtype: str = "float16"
+    capture_mid: bool = True
+    batch_size: int = 4
+    include_bos: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.sample_rows < 2:
+            raise ValueError("sample_rows must be at least 2")
+        if self.store_dtype not in ("float16", "float32"):
+            raise ValueError(f"store_dtype must be float16 or float32, got {self.store_dtype!r}")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+
+def sample_positions(n_windows: int, seq_len: int, n_rows: int, seed: int, skip_first: bool) -> np.ndarray:
+    """(n, 2) sorted (window, position) pairs, seeded; position 0 excluded when it is BOS."""
+    first = 1 if skip_first else 0
+    per = seq_len - first
+    total = n_windows * per
+    rng = np.random.default_rng([seed, 0xB10C])
+    flat = np.arange(total) if n_rows >= total else np.sort(rng.choice(total, size=n_rows, replace=False))
+    return np.stack([flat // per, flat % per + first], axis=1).astype(np.int64)
+
+
+class _Hooks:
+    """Forward hooks that feed the statistics and the store for one batch at a time."""
+
+    def __init__(self, layers: Any, adapter: Adapter, settings: CaptureSettings, writer: StoreWriter | None,
+                 n_layers: int, first_pos: int) -> None:
+        self.settings = settings
+        self.writer = writer
+        self.first_pos = first_pos
+        self.stats = {g: BlockStats(n_layers) for g in ("layer", "attention", "mlp")}
+        self.handles: list[Any] = []
+        self.mid: torch.Tensor | None = None
+        self.rows: tuple[int, torch.Tensor | None] = (0, None)  # (first row, flat indices per device)
+        self._index_cache: dict[torch.device, torch.Tensor] = {}
+        for i, layer in enumerate(layers):
+            self.handles.append(layer.register_forward_hook(self._layer_hook(i), with_kwargs=True))
+            if settings.capture_mid:
+                mid_mod = getattr(layer, adapter.mid_stream_module)
+                self.handles.append(mid_mod.register_forward_pre_hook(self._mid_hook(i)))
+
+    def set_batch(self, row_start: int, flat_index: np.ndarray) -> None:
+        self.rows = (row_start, torch.from_numpy(flat_index))
+        self._index_cache = {}
+
+    def _index(self, device: torch.device) -> torch.Tensor:
+        if device not in self._index_cache:
+            self._index_cache[device] = self.rows[1].to(device)
+        return self._index_cache[device]
+
+    def _save(self, name: str, t: torch.Tensor) -> None:
+        if self.writer is None:
+            return
+        flat = t.reshape(-1, t.shape[-1])
+        rows = flat.index_select(0, self._index(flat.device)).to("cpu", torch.float32).numpy()
+        self.writer.write_rows(name, self.rows[0], rows)
+
+    def _check(self, where: str, t: torch.Tensor) -> None:
+        if not bool(torch.isfinite(t).all()):
+            raise NonFiniteActivationError(f"NaN/inf activations at {where}")
+
+    def _mid_hook(self, i: int) -> Any:
+        def hook(module: Any, args: tuple) -> None:
+            self.mid = args[0]
+
+        return hook
+
+    def _layer_hook(self, i: int) -> Any:
+        def hook(module: Any, args: tuple, kwargs: dict, output: Any) -> None:
+            x = args[0] if args else kwargs["hidden_states"]
+            y = output[0] if isinstance(output, tuple) else output
+            f = self.first_pos
+            if i == 0:
+                self._check("the input of layer 0 (embeddings)", x)
+                self._save(boundary_name("h", 0), x)
+            self._check(f"the output of layer {i}", y)
+            self.stats["layer"].add(i, x[:, f:], y[:, f:])
+            self._save(boundary_name("h", i + 1), y)
+            if self.settings.capture_mid:
+                m, self.mid = self.mid, None
+                if m is None:
+                    raise RuntimeError(f"mid-layer hook of layer {i} did not fire; adapter mismatch?")
+                self._check(f"layer {i} after its attention sub-block", m)
+                self.stats["attention"].add(i, x[:, f:], m[:, f:])
+                self.stats["mlp"].add(i, m[:, f:], y[:, f:])
+                self._save(boundary_name("m", i), m)
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+
+
+def input_device(model: Any) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+def run_capture(
+    model: Any,
+    adapter: Adapter,
+    windows: TokenWindows,
+    positions: np.ndarray,
+    settings: CaptureSettings,
+    writer: StoreWriter | None,
+    window_subset: Iterable[int] | None = None,
+    progress: bool = True,
+) -> dict[str, BlockStats]:
+    """Forward the windows through the model's decoder with hooks; returns the statistics.
+
+    ``window_subset`` restricts the pass to some windows (data-parallel replicas); rows of the
+    sample belonging to other windows are left untouched in the writer.
+    """
+    layers = adapter.layers(model)
+    n_layers = len(layers)
+    first = 1 if windows.has_bos and not settings.include_bos else 0
+    hooks = _Hooks(layers, adapter, settings, writer, n_layers, first)
+    ids = windows.input_ids
+    seq_len = ids.shape[1]
+    subset = np.arange(len(ids)) if window_subset is None else np.asarray(sorted(window_subset))
+    batches = [subset[i : i + settings.batch_size] for i in range(0, len(subset), settings.batch_size)]
+    device = input_device(model)
+    base = model.base_model  # skip the LM head: its logits are not needed for capture
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc="capture", unit="batch", disable=not progress):
+                if np.any(np.diff(batch) != 1):
+                    raise ValueError("window batches must be contiguous")
+                lo = np.searchsorted(positions[:, 0], batch[0], side="left")
+                hi = np.searchsorted(positions[:, 0], batch[-1], side="right")
+                sel = positions[lo:hi]
+                hooks.set_batch(int(lo), (sel[:, 0] - batch[0]) * seq_len + sel[:, 1])
+                base(input_ids=torch.from_numpy(ids[batch]).to(device), use_cache=False)
+    finally:
+        hooks.remove()
+    return hooks.stats
+
+
+def windows_digest(windows: TokenWindows) -> str:
+    return hashlib.sha256(np.ascontiguousarray(windows.input_ids).tobytes()).hexdigest()[:16]
+
+
+def store_key(meta: dict[str, Any], settings: CaptureSettings) -> str:
+    """Stores are reused when the model, data and capture settings are the same."""
+    payload = json.dumps({"meta": meta, "settings": asdict(settings)}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def capture(
+    model: Any,
+    adapter: Adapter,
+    windows: TokenWindows,
+    store_path: str | Path,
+    meta: dict[str, Any],
+    settings: CaptureSettings,
+    progress: bool = True,
+) -> ActivationStore:
+    """Capture a complete store at ``store_path`` (written atomically)."""
+    n_layers = len(adapter.layers(model))
+    hidden = int(model.get_input_embeddings().weight.shape[1])
+    skip = windows.has_bos and not settings.include_bos
+    positions = sample_positions(len(windows.input_ids), windows.input_ids.shape[1], settings.sample_rows,
+                                 settings.seed, skip)
+    names = [boundary_name("h", i) for i in range(n_layers + 1)]
+    if settings.capture_mid:
+        names += [boundary_name("m", i) for i in range(n_layers)]
+    writer = StoreWriter(store_path, names, len(positions), hidden, settings.store_dtype)
+    t0 = time.perf_counter()
+    try:
+        stats = run_capture(model, adapter, windows, positions, settings, writer, progress=progress)
+        writer.save_array("positions", positions)
+        writer.save_array("token_ids", windows.input_ids[positions[:, 0], positions[:, 1]])
+        seconds = time.perf_counter() - t0
+        manifest = {
+            **meta,
+            "n_layers": n_layers,
+            "hidden_size": hidden,
+            "n_rows": len(positions),
+            "capture_mid": settings.capture_mid,
+            "settings": asdict(settings),
+            "windows_digest": windows_digest(windows),
+            "tokens_calibrated": int(windows.input_ids.shape[0] * (windows.input_ids.shape[1] - (1 if skip else 0))),
+            "capture_seconds": seconds,
+            "stats": {g: s.to_dict() for g, s in stats.items() if g == "layer" or settings.capture_mid},
+        }
+        store = writer.commit(manifest)
+    except BaseException:
+        writer.abort()
+        raise
+    log.info("captured %d rows × %d boundaries in %.1f s → %s", len(positions), len(names), seconds, store.path)
+    return store
