@@ -223,5 +223,8 @@ def load_model(
         kwargs["revision"] = resolved.revision
     model = AutoModelForCausalLM.from_pretrained(resolved.path, **kwargs)
     model.eval()
+    from blockprune.models.apply import record_source
+
+    record_source(model, resolved.name, resolved.revision)
     tokenizer = load_tokenizer(resolved)
     return model, tokenizer, resolved
