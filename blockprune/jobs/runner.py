@@ -26,6 +26,7 @@ from blockprune.models.zoo import ResolvedModel, load_model, load_tokenizer, res
 from blockprune.selection import METHODS, select
 from blockprune.selection.plan import PrunePlan
 from blockprune.selection.result import Selection
+from blockprune.tracking.artifacts import log_trial
 from blockprune.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -222,12 +223,6 @@ def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> tuple[dict
     return metrics, tasks
 
 
-def log_plan(tracker: Tracker, plan: PrunePlan) -> None:
-    tracker.log_dict(plan.to_dict(), "plan.json")
-    for name, values in plan.scores.items():
-        tracker.log_series(f"score.{name}", values)
-
-
 def run_job(job: JobConfig, tracker: Tracker | None = None, progress: bool = True,
             run_scorer: RunScorerFactory = _default_run_scorer, job_name: str | None = None,
             echo: Callable[[str], None] = print) -> list[TrialResult]:
@@ -292,7 +287,7 @@ def _run_trial(p: Prepared, model: Any, store: ActivationStore, trial: TrialSpec
                            "model_revision": p.resolved.revision}) as run_id:
         result.run_id = run_id
         tracker.log_metrics(out)
-        log_plan(tracker, plan)
+        log_trial(tracker, plan, out)
         if p.job.save_dir:
             dest = Path(p.job.save_dir) / f"{p.resolved.name}-{trial.method}-{trial.granularity}-{trial.n_prune}"
             save_pruned(pruned, plan, dest, p.tokenizer)
