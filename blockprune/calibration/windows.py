@@ -37,13 +37,17 @@ class TokenWindows:
 
 
 def split_documents(corpus: Corpus) -> tuple[list[str], list[str]]:
-    """(calibration, held-out) documents; held-out = every 10th, at least one."""
-    docs = list(corpus.documents)
+    """(calibration, held-out) documents; held-out = every 10th distinct document, at least one.
+
+    Exact duplicate documents are dropped first (the Lee corpus has some): a duplicate on both
+    sides would leak held-out text into calibration.
+    """
+    docs = list(dict.fromkeys(corpus.documents))
     if len(docs) < 2:
-        raise CorpusTooShortError(f"corpus {corpus.name!r} needs at least 2 documents to hold one out")
-    held = [d for i, d in enumerate(docs) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1] or [docs[-1]]
-    held_set = {id(d) for d in held}
-    calib = [d for d in docs if id(d) not in held_set]
+        raise CorpusTooShortError(f"corpus {corpus.name!r} needs at least 2 distinct documents to hold one out")
+    held_idx = {i for i in range(len(docs)) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1} or {len(docs) - 1}
+    calib = [d for i, d in enumerate(docs) if i not in held_idx]
+    held = [d for i, d in enumerate(docs) if i in held_idx]
     return calib, held
 
 

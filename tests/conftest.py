@@ -1,0 +1,67 @@
+"""Shared fixtures: real bundled models loaded once per session, private caches, offline env."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+for _key, _value in {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_key, _value)
+
+
+class LoadedModel:
+    """A real model loaded once; ``fresh()`` gives a private copy a test may prune."""
+
+    def __init__(self, name: str) -> None:
+        from blockprune.models.zoo import load_model
+
+        self.model, self.tokenizer, self.resolved = load_model(name)
+
+    def fresh(self) -> Any:
+        return copy.deepcopy(self.model)
+
+
+@pytest.fixture(scope="session")
+def smollm2() -> LoadedModel:
+    return LoadedModel("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def gemma3() -> LoadedModel:
+    return LoadedModel("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(smollm2: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A small real ActivationStore of smollm2-135m on the bundled Wikipedia text."""
+    from blockprune.calibration.capture import CaptureSettings, capture
+    from blockprune.calibration.corpora import load_corpus
+    from blockprune.calibration.windows import calibration_windows
+    from blockprune.models.adapters import adapter_for
+
+    windows = calibration_windows(smollm2.tokenizer, load_corpus("wikipedia"), 8, 128, seed=0)
+    path = tmp_path_factory.mktemp("stores") / "smollm2-tiny"
+    settings = CaptureSettings(sample_rows=512, store_dtype="float32", batch_size=4)
+    store = capture(smollm2.model, adapter_for(smollm2.model), windows, path, {"model": "smollm2-135m"}, settings,
+                    progress=False)
+    store.windows = windows  # type: ignore[attr-defined]
+    return store
+
+
+@pytest.fixture
+def ids_for() -> Callable[[Any, str], Any]:
+    def make(tokenizer: Any, text: str = "The history of the city of Paris begins with") -> Any:
+        return tokenizer(text, return_tensors="pt").input_ids
+
+    return make

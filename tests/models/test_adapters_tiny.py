@@ -1,0 +1,112 @@
+"""Shape and wiring tests on tiny random configs of every supported family (no weights needed)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from blockprune.models.adapters import UnsupportedArchitectureError, adapter_for, adapter_for_config
+from blockprune.models.apply import SkippedAttention, SkippedMLP, apply_plan, load_pruned, save_pruned
+from blockprune.selection.plan import PrunePlan
+
+pytestmark = pytest.mark.unit
+
+TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
+            num_key_value_heads=2, max_position_embeddings=128)
+
+
+def tiny_model(family: str):
+    from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config
+
+    torch.manual_seed(0)
+    if family == "gpt2":
+        cfg = GPT2Config(vocab_size=97, n_embd=32, n_layer=6, n_head=4, n_positions=128)
+    elif family == "gemma3":
+        from transformers import Gemma3TextConfig
+
+        cfg = Gemma3TextConfig(**TINY, head_dim=8, sliding_window=4, layer_types=None)
+    elif family == "qwen2":
+        cfg = Qwen2Config(**TINY, use_sliding_window=True, sliding_window=4, max_window_layers=3)
+    else:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.for_model(family, **TINY)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "gpt2"]
+
+
+def _plan(model, blocks, granularity):
+    return PrunePlan(model_id="tiny", n_blocks=len(adapter_for(model).layers(model)), blocks=blocks,
+                     granularity=granularity)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("granularity", "blocks"), [("layer", (0, 3)), ("attention", (0, 2, 5)), ("mlp", (1, 4))])
+def test_plans_execute_generate_with_cache_and_reload(family: str, granularity: str, blocks, tmp_path) -> None:
+    model = tiny_model(family)
+    adapter = adapter_for(model)
+    before = sum(p.numel() for p in model.parameters())
+    layers = adapter.layers(model)
+    modules = adapter.attention_modules if granularity == "attention" else adapter.mlp_modules
+    expected_drop = sum(
+        p.numel()
+        for b in blocks
+        for name in (modules if granularity != "layer" else [""])
+        for p in (getattr(layers[b], name) if name else layers[b]).parameters()
+    )
+    apply_plan(model, _plan(model, blocks, granularity))
+    after = sum(p.numel() for p in model.parameters())
+    assert before - after == expected_drop
+    ids = torch.randint(0, 97, (2, 12))
+    with torch.no_grad():
+        logits = model(ids).logits
+        g_cache = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=True, pad_token_id=0)
+        g_plain = model.generate(ids, max_new_tokens=8, do_sample=False, use_cache=False, pad_token_id=0)
+    assert torch.isfinite(logits).all()
+    assert torch.equal(g_cache, g_plain)
+    save_pruned(model, model_plan(model), tmp_path)
+    reloaded = load_pruned(tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(reloaded(ids).logits, logits, atol=1e-5)
+    assert sum(p.numel() for p in reloaded.parameters()) == after
+
+
+def model_plan(model) -> PrunePlan:
+    return PrunePlan.from_dict(model.config.blockprune_plan)
+
+
+@pytest.mark.parametrize("family", ["gemma3", "qwen2"])
+def test_layer_removal_keeps_per_layer_config_aligned(family: str) -> None:
+    model = tiny_model(family)
+    types = list(model.config.layer_types)
+    apply_plan(model, _plan(model, (1, 4), "layer"))
+    assert model.config.num_hidden_layers == 4
+    assert model.config.layer_types == [types[i] for i in (0, 2, 3, 5)]
+    layers = adapter_for(model).layers(model)
+    assert [layer.self_attn.layer_idx for layer in layers] == [0, 1, 2, 3]
+    if family == "qwen2":
+        assert model.config.max_window_layers == 2  # of layers 0..2, layers 0 and 2 remain
+
+
+def test_sub_block_stand_ins_hold_no_weights() -> None:
+    model = tiny_model("llama")
+    apply_plan(model, _plan(model, (2,), "attention"))
+    layer = model.model.layers[2]
+    assert isinstance(layer.self_attn, SkippedAttention) and not list(layer.self_attn.parameters())
+    assert not any(k.startswith("model.layers.2.self_attn") for k in model.state_dict())
+    assert model.config.kv_sharing_modes[2] == "reuse"
+    model2 = tiny_model("llama")
+    apply_plan(model2, _plan(model2, (2,), "mlp"))
+    assert isinstance(model2.model.layers[2].mlp, SkippedMLP)
+
+
+def test_unsupported_architecture_names_supported_ones() -> None:
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model("opt", hidden_size=16, num_hidden_layers=2, num_attention_heads=2, ffn_dim=32)
+    with pytest.raises(UnsupportedArchitectureError, match="opt") as e:
+        adapter_for_config(cfg)
+    for name in ("llama", "gemma3_text", "qwen2", "mistral", "gpt2"):
+        assert name in str(e.value)
