@@ -65,3 +65,17 @@ def ids_for() -> Callable[[Any, str], Any]:
         return tokenizer(text, return_tensors="pt").input_ids
 
     return make
+
+
+@pytest.fixture(scope="session")
+def wiki_store(smollm2: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A realistic store with the CLI defaults: 32 × 256 Wikipedia windows, 4,096 sampled tokens (fp16)."""
+    from blockprune.calibration.capture import CaptureSettings, capture
+    from blockprune.calibration.corpora import load_corpus
+    from blockprune.calibration.windows import calibration_windows
+    from blockprune.models.adapters import adapter_for
+
+    windows = calibration_windows(smollm2.tokenizer, load_corpus("wikipedia"), 32, 256, seed=0)
+    path = tmp_path_factory.mktemp("stores") / "smollm2-wiki"
+    return capture(smollm2.model, adapter_for(smollm2.model), windows, path, {"model": "smollm2-135m"},
+                   CaptureSettings(sample_rows=4096), progress=False)
