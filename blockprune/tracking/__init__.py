@@ -1,0 +1,5 @@
+"""MLflow runs, metrics, artifacts and figures of jobs and trials (see ``tracker``, ``artifacts``, ``figures``).
+
+Nothing is imported here on purpose: importing mlflow is slow and starts background work, so
+callers import the submodule they need when they need it.
+"""
