@@ -59,6 +59,8 @@ class EvalSettings:
     tasks: tuple[str, ...] = ()
     limit: int | None = None
     batch_size: int = 4
+    latency: bool = False  # prefill/decode tokens/s (adds tens of seconds per model on a CPU)
+    samples: bool = False  # greedy generations for fixed prompts
 
 
 @dataclass(frozen=True)

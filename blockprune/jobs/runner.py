@@ -26,7 +26,7 @@ from blockprune.models.zoo import ResolvedModel, load_model, load_tokenizer, res
 from blockprune.selection import METHODS, select
 from blockprune.selection.plan import PrunePlan
 from blockprune.selection.result import Selection
-from blockprune.tracking.artifacts import log_trial
+from blockprune.tracking.artifacts import log_job_summary, log_trial
 from blockprune.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -194,6 +194,21 @@ def make_plan(p: Prepared, store: ActivationStore, trial: TrialSpec, sel: Select
     )
 
 
+def measure_extras(model: Any, p: Prepared) -> dict[str, Any]:
+    """Latency and generation samples, when the evaluation settings ask for them."""
+    ev = p.job.evaluation
+    out: dict[str, Any] = {}
+    if ev.latency:
+        from blockprune.evaluation.cost import measure_latency
+
+        out["latency"] = measure_latency(model, p.tokenizer).to_dict()
+    if ev.samples:
+        from blockprune.evaluation.generation import generate_samples
+
+        out["samples"] = generate_samples(model, p.tokenizer)
+    return out
+
+
 def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> tuple[dict[str, float], dict[str, dict]]:
     """Perplexity (and lm-eval tasks when asked) of one model."""
     from blockprune.evaluation.cost import count_parameters
@@ -239,13 +254,17 @@ def run_job(job: JobConfig, tracker: Tracker | None = None, progress: bool = Tru
                   "calibration": asdict(job.calibration), "capture": asdict(job.capture),
                   "evaluation": asdict(job.evaluation), "n_trials": len(job.trials)}
     with tracker.run(job_name or f"{p.resolved.name}", params=job_params,
-                     tags={"blockprune.kind": "job", "model": p.resolved.name}) as parent_id:
+                     tags={"blockprune.kind": "job", "model": p.resolved.name,
+                           "model_revision": p.resolved.revision}) as parent_id:
         t0 = time.perf_counter()
         store, reused = capture_or_reuse(p, model, progress)
         capture_s = 0.0 if reused else time.perf_counter() - t0
         echo(f"[blockprune] activation store {'reused' if reused else 'captured'}: {store.path} "
              f"({store.n_rows} sampled tokens × {store.n_layers + 1} boundaries)")
         dense, dense_tasks = evaluate_model(model, p, progress)
+        for k, v in (measure_extras(model, p).get("latency") or {}).items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                dense[f"latency.{k}"] = v
         echo(f"[blockprune] dense perplexity on held-out {p.eval_corpus!r}: {dense['ppl']:.3f}")
         tracker.log_metrics({f"dense.{k}": v for k, v in dense.items()} | {"capture_seconds": capture_s,
                             "tokens_calibrated": store.manifest["tokens_calibrated"]})
@@ -253,6 +272,7 @@ def run_job(job: JobConfig, tracker: Tracker | None = None, progress: bool = Tru
         for trial in job.trials:
             results.append(_run_trial(p, model, store, trial, dense, capture_s, tracker, run_scorer, progress, echo,
                                       multi=len(job.trials) > 1))
+        log_job_summary(tracker, results)
         tracker.log_metrics({"job_seconds": time.perf_counter() - t_start})
     echo(f"[blockprune] MLflow: {tracker.describe(parent_id)}")
     return results
@@ -270,6 +290,10 @@ def _run_trial(p: Prepared, model: Any, store: ActivationStore, trial: TrialSpec
     pruned = copy.deepcopy(model) if multi else model
     apply_plan(pruned, plan)
     metrics, tasks = evaluate_model(pruned, p, progress)
+    extras = measure_extras(pruned, p)
+    for k, v in (extras.get("latency") or {}).items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            metrics[f"latency.{k}"] = v
     out = {
         "ppl_dense": dense["ppl"], "ppl_pruned": metrics["ppl"], "ppl_ratio": metrics["ppl"] / dense["ppl"],
         "params_removed": dense["params_total"] - metrics["params_total"],
@@ -281,13 +305,13 @@ def _run_trial(p: Prepared, model: Any, store: ActivationStore, trial: TrialSpec
     params = {"model": p.resolved.name, "revision": p.resolved.revision, "calibration": asdict(p.job.calibration),
               "method": trial.method, "estimator": trial.estimator or "none",
               "estimator_params": trial.estimator_params, "granularity": trial.granularity,
-              "n_prune": trial.n_prune, "capture": asdict(p.job.capture)}
+              "n_prune": trial.n_prune, "s_start": trial.s_start, "capture": asdict(p.job.capture)}
     with tracker.run(trial.name, params=params, nested=True,
                      tags={"blockprune.kind": "trial", "model": p.resolved.name, "store_checksum": store.checksum,
                            "model_revision": p.resolved.revision}) as run_id:
         result.run_id = run_id
         tracker.log_metrics(out)
-        log_trial(tracker, plan, out)
+        log_trial(tracker, plan, out, tasks=tasks, latency=extras.get("latency"), samples=extras.get("samples"))
         if p.job.save_dir:
             dest = Path(p.job.save_dir) / f"{p.resolved.name}-{trial.method}-{trial.granularity}-{trial.n_prune}"
             save_pruned(pruned, plan, dest, p.tokenizer)
