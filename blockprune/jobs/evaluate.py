@@ -1,0 +1,174 @@
+"""``blockprune evaluate``: measure a model, dense or with a plan applied, and print a table.
+
+Perplexity on a held-out split (paper style, BOS-first chunks), parameters, optionally lm-eval
+tasks from the bundled data, prefill/decode speed and generation samples. With ``--plan`` the
+dense model is measured too, so the table shows what the plan costs. Results go to MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from blockprune.env import apply_env_defaults
+
+apply_env_defaults()
+
+EPILOG = """examples:
+  blockprune evaluate --model smollm2-135m
+  blockprune evaluate --model smollm2-135m --plan plan.json --tasks piqa,arc_easy --limit 200 --latency
+  blockprune evaluate --pruned pruned/smollm2-135m-shortgpt-layer-4 --corpus lambada
+"""
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="blockprune evaluate", description=__doc__, epilog=EPILOG,
+                                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="bundled name, HF folder or hub id (the dense model)")
+    src.add_argument("--pruned", help="a folder written by save_pruned / --save-dir")
+    p.add_argument("--plan", default=None, help="plan JSON to apply to --model before measuring")
+    p.add_argument("--corpus", default="wikipedia", help="held-out split of this corpus for perplexity")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=16)
+    p.add_argument("--tasks", default="", help="comma-separated lm-eval tasks (piqa, arc_easy, winogrande, …)")
+    p.add_argument("--limit", type=int, default=None, help="lm-eval: items per task")
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--latency", action="store_true", help="prefill/decode tokens/s")
+    p.add_argument("--samples", action="store_true", help="greedy generations for fixed prompts")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--experiment", default="blockprune")
+    p.add_argument("--no-tracking", action="store_true")
+    p.add_argument("--json-out", default=None, help="write the results as JSON here")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def measure(model: Any, tokenizer: Any, windows: Any, args: argparse.Namespace) -> dict[str, Any]:
+    from blockprune.evaluation.cost import count_parameters
+    from blockprune.evaluation.perplexity import chunk_perplexity
+
+    t0 = time.perf_counter()
+    ppl = chunk_perplexity(model, windows, batch_size=args.batch_size, progress=not args.quiet)
+    params = count_parameters(model)
+    out: dict[str, Any] = {"ppl": ppl.perplexity, "params_total": params["total"],
+                           "params_per_token": params["per_token"]}
+    tasks = [t for t in args.tasks.split(",") if t]
+    if tasks:
+        from blockprune.evaluation.lm_eval_tasks import run_lm_eval
+
+        for task, vals in run_lm_eval(model, tokenizer, tasks, limit=args.limit, batch_size=args.batch_size).items():
+            out.update({f"{task}.{k}": v for k, v in vals.items() if isinstance(v, (int, float))})
+    if args.latency:
+        from blockprune.evaluation.cost import measure_latency
+
+        lat = measure_latency(model, tokenizer).to_dict()
+        out.update({f"latency.{k}": v for k, v in lat.items() if isinstance(v, (int, float))})
+    if args.samples:
+        from blockprune.evaluation.generation import generate_samples
+
+        out["samples"] = generate_samples(model, tokenizer)
+    out["eval_seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _load(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any, str]:
+    """[(label, model)…], tokenizer, model id; raises on bad input before evaluation work."""
+    from blockprune.models.apply import apply_plan, load_pruned, read_plan
+    from blockprune.models.zoo import load_model
+
+    if args.pruned:
+        from transformers import AutoTokenizer
+
+        plan = read_plan(args.pruned)
+        return [(f"pruned ({plan.method}, {plan.granularity} {list(plan.blocks)})",
+                 load_pruned(args.pruned, dtype=args.dtype))], AutoTokenizer.from_pretrained(args.pruned), plan.model_id
+    plan = None
+    if args.plan:
+        from blockprune.selection.plan import PrunePlan
+
+        plan = PrunePlan.load(args.plan)
+        if plan.model_id != args.model:
+            from blockprune.models.apply import PlanMismatchError
+
+            raise PlanMismatchError(f"plan is for model {plan.model_id!r}, not {args.model!r}")
+    model, tok, _ = load_model(args.model, dtype=args.dtype)
+    models = [("dense", model)]
+    if plan is not None:
+        import copy
+
+        models.append((f"pruned ({plan.method}, {plan.granularity} {list(plan.blocks)})",
+                       apply_plan(copy.deepcopy(model), plan)))
+    return models, tok, args.model
+
+
+def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
+    keys = sorted({k for _, r in rows for k, v in r.items() if isinstance(v, (int, float))},
+                  key=lambda k: (k != "ppl", k.startswith("latency"), k))
+    width = max(len(k) for k in keys) + 2
+    lines = [f"{'':<{width}}" + "".join(f"{label[:28]:>30}" for label, _ in rows)]
+    for k in keys:
+        cells = []
+        for _, r in rows:
+            v = r.get(k)
+            cells.append(f"{'–':>30}" if v is None else f"{v:>30,.0f}" if k.startswith("params") else f"{v:>30.4f}")
+        lines.append(f"{k:<{width}}" + "".join(cells))
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from blockprune.calibration.corpora import load_corpus
+    from blockprune.calibration.windows import heldout_windows
+    from blockprune.tracking.tracker import Tracker
+
+    tracker = Tracker(args.tracking_uri, args.experiment, enabled=not args.no_tracking)
+    tracker.check()
+    if args.tasks:
+        from blockprune.evaluation.lm_eval_tasks import resolve_task_names
+
+        resolve_task_names([t for t in args.tasks.split(",") if t])
+    corpus = load_corpus(args.corpus)
+    models, tok, model_id = _load(args)
+    windows = heldout_windows(tok, corpus, args.seq_len, args.eval_windows)
+    rows = [(label, measure(m, tok, windows, args)) for label, m in models]
+    print(format_table(rows))
+    if len(rows) == 2:
+        print(f"perplexity ×{rows[1][1]['ppl'] / rows[0][1]['ppl']:.3f}, "
+              f"parameters −{1 - rows[1][1]['params_total'] / rows[0][1]['params_total']:.1%}")
+    with tracker.run(f"evaluate {model_id}", params={"model": model_id, "plan": args.plan or args.pruned or "none",
+                                                     "corpus": args.corpus, "seq_len": args.seq_len,
+                                                     "eval_windows": args.eval_windows, "tasks": args.tasks,
+                                                     "limit": args.limit},
+                     tags={"blockprune.kind": "evaluate"}) as run_id:
+        for label, r in rows:
+            prefix = "dense" if label == "dense" else "pruned"
+            tracker.log_metrics({f"{prefix}.{k}": v for k, v in r.items() if isinstance(v, (int, float))})
+            if "samples" in r:
+                tracker.log_dict(r["samples"], f"samples_{prefix}.json")
+    if args.json_out:
+        with open(args.json_out, "w") as f:
+            json.dump({label: r for label, r in rows}, f, indent=1, default=str)
+    if run_id:
+        print(f"[blockprune] MLflow: {tracker.describe(run_id)}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as e:
+        print(f"blockprune: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
