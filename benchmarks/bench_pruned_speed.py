@@ -29,6 +29,7 @@ values, and the bundled GGUF files cannot travel to a GPU machine.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -53,6 +54,8 @@ from blockprune.evaluation.cost import (  # noqa: E402
     measure_latency,
     prefill_flops_per_token,
 )
+from blockprune.models.apply import apply_plan  # noqa: E402
+from blockprune.selection.plan import PrunePlan  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "bench_pruned_speed.json"
 
@@ -109,32 +112,12 @@ def layers_to_remove(n_layers: int, fraction: float) -> list[int]:
     return list(range(end - k, end))
 
 
-def drop_layers(model: nn.Module, drop: list[int]) -> nn.ModuleList:
-    """Remove decoder layers in place; returns the original ModuleList so they can be restored.
-
-    Re-indexes ``self_attn.layer_idx`` (the KV-cache slot) and the per-layer config lists, and sets
-    ``config.num_hidden_layers``, so generation with a cache works on the pruned model.
-    """
-    original = model.model.layers
-    gone = set(drop)
-    keep = [layer for i, layer in enumerate(original) if i not in gone]
-    model.model.layers = nn.ModuleList(keep)
-    for new_idx, layer in enumerate(keep):
-        layer.self_attn.layer_idx = new_idx
-    config = model.config
-    config.num_hidden_layers = len(keep)
-    if getattr(config, "layer_types", None) is not None:
-        config.layer_types = [t for i, t in enumerate(config.layer_types) if i not in gone]
-    return original
-
-
-def restore_layers(model: nn.Module, original: nn.ModuleList, layer_types: list[str] | None) -> None:
-    model.model.layers = original
-    for idx, layer in enumerate(original):
-        layer.self_attn.layer_idx = idx
-    model.config.num_hidden_layers = len(original)
-    if layer_types is not None:
-        model.config.layer_types = list(layer_types)
+def pruned_copy(model: nn.Module, drop: list[int]) -> nn.Module:
+    """The model with ``drop`` removed by the real code path (``apply_plan`` on a deep copy)."""
+    source = getattr(model.config, "blockprune_source", None) or {}
+    plan = PrunePlan(model_id=source.get("model_id", "random-init"), revision=source.get("revision"),
+                     n_blocks=len(model.model.layers), blocks=tuple(drop), method="bench")
+    return apply_plan(copy.deepcopy(model), plan)
 
 
 def compute_summary(model: nn.Module, prompt_len: int, gen_len: int) -> dict[str, float]:
@@ -191,7 +174,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     model, vocab, weights = load(args)
     n_layers = count_parameters(model)["n_layers"]
     drop = layers_to_remove(n_layers, args.fraction)
-    layer_types = list(getattr(model.config, "layer_types", None) or []) or None
     kw = dict(
         prompt_len=args.prompt_len,
         gen_len=args.gen_len,
@@ -200,21 +182,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         batch_size=args.batch_size,
     )
 
+    variants = {"dense": model, "pruned": pruned_copy(model, drop)}
     runs: dict[str, list[LatencyResult]] = {"dense": [], "pruned": []}
     summaries: dict[str, dict[str, float]] = {}
     for rnd in range(args.rounds):
         for variant in ("dense", "pruned") if rnd % 2 == 0 else ("pruned", "dense"):
-            original = drop_layers(model, drop) if variant == "pruned" else None
-            if original is not None and args.device != "cpu":
-                for i in drop:  # off the accelerator, so its peak memory is the pruned model's
-                    original[i].to("cpu")
-            res = measure_latency(model, vocab, **kw)
+            active = variants[variant]
+            if args.device != "cpu":  # only the measured model on the accelerator: its own peak memory
+                for name, m in variants.items():
+                    m.to(args.device if name == variant else "cpu")
+            res = measure_latency(active, vocab, **kw)
             runs[variant].append(res)
-            summaries.setdefault(variant, compute_summary(model, res.prompt_len, res.gen_len))
-            if original is not None:
-                for i in drop:
-                    original[i].to(args.device)
-                restore_layers(model, original, layer_types)
+            summaries.setdefault(variant, compute_summary(active, res.prompt_len, res.gen_len))
             print(
                 f"round {rnd + 1}/{args.rounds} {variant:6s} prefill {res.prefill_tokens_per_s:9.1f} tok/s "
                 f"decode {res.decode_tokens_per_s:7.1f} tok/s",

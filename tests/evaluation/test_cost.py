@@ -10,7 +10,6 @@ import statistics
 from typing import Any
 
 import pytest
-import torch
 
 from blockprune.evaluation.cost import (
     LatencyResult,
@@ -40,15 +39,11 @@ def _tiny_llama(tied: bool) -> Any:
 
 
 def _drop_layers(model: Any, drop: list[int]) -> Any:
-    """Delete decoder layers and re-index the KV cache slots (what the benchmark does)."""
-    keep = [layer for i, layer in enumerate(model.model.layers) if i not in set(drop)]
-    model.model.layers = torch.nn.ModuleList(keep)
-    for new_idx, layer in enumerate(keep):
-        layer.self_attn.layer_idx = new_idx
-    model.config.num_hidden_layers = len(keep)
-    if getattr(model.config, "layer_types", None) is not None:
-        model.config.layer_types = [t for i, t in enumerate(model.config.layer_types) if i not in set(drop)]
-    return model
+    """Remove decoder layers through the real code path."""
+    from blockprune.models.apply import apply_plan
+    from blockprune.selection.plan import PrunePlan
+
+    return apply_plan(model, PrunePlan(model_id="tiny", n_blocks=len(model.model.layers), blocks=tuple(drop)))
 
 
 @pytest.mark.unit
