@@ -48,3 +48,40 @@ def chunk_perplexity(model: Any, windows: TokenWindows, batch_size: int = 4, pro
             total += nll.numel()
     mean = total_nll / total
     return PerplexityResult(math.exp(mean), mean, total, len(ids), int(ids.shape[1]))
+
+
+@dataclass(frozen=True)
+class RollingPerplexityResult:
+    """lm-eval "wikitext"-style metrics: whole documents scored with rolling windows."""
+
+    word_perplexity: float
+    byte_perplexity: float
+    bits_per_byte: float
+    n_documents: int
+    n_words: int
+    n_bytes: int
+    max_length: int
+    kind: str = "rolling"
+
+
+def rolling_perplexity(model: Any, tokenizer: Any, documents: list[str], max_length: int = 2048,
+                       batch_size: int = 4) -> RollingPerplexityResult:
+    """Word/byte perplexity through lm-eval's own ``loglikelihood_rolling``, as its wikitext task does.
+
+    Each document is scored in full with disjoint rolling windows of ``max_length`` tokens (the
+    first predicted from the model's prefix token); word and byte counts are of the raw text. Not
+    comparable with :func:`chunk_perplexity`, which is per token over BOS-first chunks.
+    """
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    if not documents:
+        raise ValueError("rolling perplexity needs at least one document")
+    device = str(input_device(model))
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, max_length=max_length, device=device)
+    requests = [Instance("loglikelihood_rolling", {}, (doc,), i) for i, doc in enumerate(documents)]
+    ll = sum(lm.loglikelihood_rolling(requests, disable_tqdm=True))
+    words = sum(len(d.split()) for d in documents)
+    n_bytes = sum(len(d.encode("utf-8")) for d in documents)
+    return RollingPerplexityResult(math.exp(-ll / words), math.exp(-ll / n_bytes), -ll / (n_bytes * math.log(2)),
+                                   len(documents), words, n_bytes, max_length)

@@ -58,6 +58,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--limit", type=int, default=None, help="lm-eval: items per task")
     p.add_argument("--latency", action="store_true", help="measure prefill/decode tokens/s of each model")
     p.add_argument("--samples", action="store_true", help="log greedy generations for fixed prompts")
+    p.add_argument("--rolling-docs", type=int, default=0,
+                   help="also lm-eval-style rolling word/byte perplexity on this many held-out documents")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--device-map", default=None, help="accelerate device_map, e.g. auto (default: CPU, one piece)")
     p.add_argument("--save-dir", default=None, help="save each pruned model under this folder")
@@ -102,7 +104,8 @@ def job_from_args(args: argparse.Namespace):  # -> JobConfig
                                 batch_size=args.batch_size, seed=args.seed),
         evaluation=EvalSettings(corpus=args.eval_corpus, windows=args.eval_windows,
                                 tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
-                                batch_size=args.batch_size, latency=args.latency, samples=args.samples),
+                                batch_size=args.batch_size, latency=args.latency, samples=args.samples,
+                                rolling_docs=args.rolling_docs),
         dtype=args.dtype, device_map=args.device_map, store_root=args.store_root, save_dir=args.save_dir,
         text_field=args.text_field,
     )

@@ -61,6 +61,7 @@ class EvalSettings:
     batch_size: int = 4
     latency: bool = False  # prefill/decode tokens/s (adds tens of seconds per model on a CPU)
     samples: bool = False  # greedy generations for fixed prompts
+    rolling_docs: int = 0  # >0: lm-eval-style rolling word/byte perplexity on this many held-out documents
 
 
 @dataclass(frozen=True)

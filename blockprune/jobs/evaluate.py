@@ -41,6 +41,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--latency", action="store_true", help="prefill/decode tokens/s")
     p.add_argument("--samples", action="store_true", help="greedy generations for fixed prompts")
+    p.add_argument("--rolling-docs", type=int, default=0,
+                   help="also lm-eval-style rolling word/byte perplexity on this many held-out documents")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--experiment", default="blockprune")
@@ -50,7 +52,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return p
 
 
-def measure(model: Any, tokenizer: Any, windows: Any, args: argparse.Namespace) -> dict[str, Any]:
+def measure(model: Any, tokenizer: Any, windows: Any, args: argparse.Namespace,
+            held_docs: list[str] | None = None) -> dict[str, Any]:
     from blockprune.evaluation.cost import count_parameters
     from blockprune.evaluation.perplexity import chunk_perplexity
 
@@ -59,6 +62,12 @@ def measure(model: Any, tokenizer: Any, windows: Any, args: argparse.Namespace) 
     params = count_parameters(model)
     out: dict[str, Any] = {"ppl": ppl.perplexity, "params_total": params["total"],
                            "params_per_token": params["per_token"]}
+    if held_docs:
+        from blockprune.evaluation.perplexity import rolling_perplexity
+
+        roll = rolling_perplexity(model, tokenizer, held_docs, batch_size=args.batch_size)
+        out |= {"rolling.word_perplexity": roll.word_perplexity, "rolling.byte_perplexity": roll.byte_perplexity,
+                "rolling.bits_per_byte": roll.bits_per_byte}
     tasks = [t for t in args.tasks.split(",") if t]
     if tasks:
         from blockprune.evaluation.lm_eval_tasks import run_lm_eval
@@ -136,7 +145,10 @@ def run(args: argparse.Namespace) -> int:
     corpus = load_corpus(args.corpus)
     models, tok, model_id = _load(args)
     windows = heldout_windows(tok, corpus, args.seq_len, args.eval_windows)
-    rows = [(label, measure(m, tok, windows, args)) for label, m in models]
+    from blockprune.calibration.windows import split_documents
+
+    held = split_documents(corpus)[1][: args.rolling_docs] if args.rolling_docs else None
+    rows = [(label, measure(m, tok, windows, args, held)) for label, m in models]
     print(format_table(rows))
     if len(rows) == 2:
         print(f"perplexity ×{rows[1][1]['ppl'] / rows[0][1]['ppl']:.3f}, "

@@ -225,6 +225,14 @@ def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> tuple[dict
         "params_total": params["total"],
         "params_per_token": params["per_token"],
     }
+    if ev.rolling_docs:
+        from blockprune.calibration.windows import split_documents
+        from blockprune.evaluation.perplexity import rolling_perplexity
+
+        held = split_documents(load_corpus(p.eval_corpus, p.job.text_field))[1][: ev.rolling_docs]
+        roll = rolling_perplexity(model, p.tokenizer, held, batch_size=ev.batch_size)
+        metrics |= {"rolling.word_perplexity": roll.word_perplexity, "rolling.byte_perplexity": roll.byte_perplexity,
+                    "rolling.bits_per_byte": roll.bits_per_byte}
     tasks: dict[str, dict] = {}
     if ev.tasks:
         from blockprune.evaluation.lm_eval_tasks import run_lm_eval
