@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from collections.abc import Sequence
 
 from blockprune.env import apply_env_defaults
+from blockprune.jobs.entry import run_entry
 
 apply_env_defaults()
 
@@ -129,17 +129,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "alembic", "mlflow", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        return run(args)
-    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, RuntimeError) as e:
-        print(f"blockprune: error: {e}", file=sys.stderr)
-        return 2
-
+    return run_entry(run, build_parser().parse_args(argv))
 
 if __name__ == "__main__":
     sys.exit(main())
