@@ -15,6 +15,7 @@ apply_env_defaults()
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("calibrate", "capture, score, select, prune and evaluate one model"),
     "evaluate": ("evaluate", "measure a model, dense or with a plan applied (perplexity, lm-eval, speed)"),
+    "sweep": ("sweep", "many models × calibrations × trials on a Ray cluster"),
     "compare": ("compare", "compare prune plans logged to MLflow (table, agreement, Markdown + HTML report)"),
 }
 

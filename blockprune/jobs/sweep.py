@@ -25,17 +25,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from blockprune.env import apply_env_defaults
 
 apply_env_defaults()
 
-from blockprune.calibration.capture import CaptureSettings  # noqa: E402
+# light imports only: `blockprune --help` imports every sub-command module (torch comes later)
 from blockprune.distributed.model_actor import ActorPlacement  # noqa: E402
 from blockprune.distributed.scoring import ScoringOptions  # noqa: E402
-from blockprune.jobs.config import DEFAULT_ESTIMATOR, RUN_METHODS, EvalSettings, JobConfig, TrialSpec  # noqa: E402
 from blockprune.selection.plan import CalibrationSettings  # noqa: E402
+
+if TYPE_CHECKING:
+    from blockprune.calibration.capture import CaptureSettings
+    from blockprune.jobs.config import EvalSettings, JobConfig, TrialSpec
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +57,8 @@ SPEC_KEYS = {"name", "models", "calibration", "capture", "methods", "estimators"
              "tracking", "max_concurrent_jobs", "text_field"}
 CALIBRATION_KEYS = {f.name for f in fields(CalibrationSettings)} | {"capture", "text_field"}
 MODEL_KEYS = {"name", "dtype"} | {f.name for f in fields(ActorPlacement)}
-TRIAL_KEYS = {f.name for f in fields(TrialSpec)}
 TRACKING_KEYS = {"uri", "experiment", "enabled"}
+CALIBRATION_DEFAULTS = {"n_samples": 32, "seq_len": 256, "seed": 0}  # the `blockprune calibrate` defaults
 
 
 class SpecError(ValueError):
@@ -83,6 +86,16 @@ class TrackingSpec:
     enabled: bool = True
 
 
+def _default_eval() -> Any:
+    from blockprune.jobs.config import EvalSettings
+
+    return EvalSettings()
+
+
+def _keys(cls: Any) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
 @dataclass(frozen=True)
 class SweepSpec:
     """A validated sweep: jobs = models × calibrations, each with all trials."""
@@ -91,7 +104,7 @@ class SweepSpec:
     models: tuple[ModelEntry, ...]
     calibrations: tuple[CalibrationEntry, ...]
     trials: tuple[TrialSpec, ...]
-    evaluation: EvalSettings = field(default_factory=EvalSettings)
+    evaluation: EvalSettings = field(default_factory=_default_eval)
     scoring: ScoringOptions = field(default_factory=ScoringOptions)
     tracking: TrackingSpec = field(default_factory=TrackingSpec)
     store_root: str | None = None
@@ -100,6 +113,8 @@ class SweepSpec:
 
     def jobs(self) -> list[tuple[str, JobConfig, ModelEntry]]:
         """(job name, JobConfig, model entry) for every model × calibration."""
+        from blockprune.jobs.config import JobConfig
+
         out = []
         for m in self.models:
             for c in self.calibrations:
@@ -148,6 +163,8 @@ def _placement(d: dict[str, Any], where: str) -> ActorPlacement:
 
 def compatible_estimators(method: str, estimators: list[str]) -> list[str | None]:
     """Which of the listed estimators a method can use (its default when none fits)."""
+    from blockprune.jobs.config import DEFAULT_ESTIMATOR
+
     default = DEFAULT_ESTIMATOR.get(method)
     if default is None:
         return [None]
@@ -157,6 +174,8 @@ def compatible_estimators(method: str, estimators: list[str]) -> list[str | None
 
 
 def grid_trials(d: dict[str, Any]) -> list[TrialSpec]:
+    from blockprune.jobs.config import RUN_METHODS, TrialSpec
+
     methods = [str(m) for m in _as_list(d.get("methods"))]
     if not methods:
         return []
@@ -181,8 +200,11 @@ def grid_trials(d: dict[str, Any]) -> list[TrialSpec]:
 
 def parse_spec(d: dict[str, Any], name: str = "sweep") -> SweepSpec:
     """Structure and types of a spec (no model or registry look-ups; see :func:`validate_spec`)."""
+    from blockprune.calibration.capture import CaptureSettings
+    from blockprune.jobs.config import EvalSettings, TrialSpec
+
     d = _check_keys(d, SPEC_KEYS, "the sweep spec")
-    default_placement = _check_keys(d.get("placement") or {}, {f.name for f in fields(ActorPlacement)}, "placement")
+    default_placement = _check_keys(d.get("placement") or {}, _keys(ActorPlacement), "placement")
     dtype = d.get("dtype", "float32")
     models = []
     for i, m in enumerate(_as_list(d.get("models"))):
@@ -193,20 +215,20 @@ def parse_spec(d: dict[str, Any], name: str = "sweep") -> SweepSpec:
         models.append(ModelEntry(str(m["name"]), str(m.get("dtype", dtype)), _placement(pl, f"models[{i}]")))
     if not models:
         raise SpecError("the sweep spec lists no models")
-    capture_default = _check_keys(d.get("capture") or {}, {f.name for f in fields(CaptureSettings)}, "capture")
+    capture_default = _check_keys(d.get("capture") or {}, _keys(CaptureSettings), "capture")
     cals = []
     for i, c in enumerate(_as_list(d.get("calibration")) or [{"corpus": "wikipedia"}]):
         c = {"corpus": c} if isinstance(c, str) else _check_keys(c, CALIBRATION_KEYS, f"calibration[{i}]")
-        cap = {**capture_default, **_check_keys(c.get("capture") or {}, {f.name for f in fields(CaptureSettings)},
+        cap = {**capture_default, **_check_keys(c.get("capture") or {}, _keys(CaptureSettings),
                                                 f"calibration[{i}].capture")}
         cap.setdefault("seed", c.get("seed", 0))
-        settings = _build(CalibrationSettings, {k: v for k, v in c.items() if k not in ("capture", "text_field")},
-                          f"calibration[{i}]")
+        cal = {**CALIBRATION_DEFAULTS, **{k: v for k, v in c.items() if k not in ("capture", "text_field")}}
+        settings = _build(CalibrationSettings, cal, f"calibration[{i}]")
         cals.append(CalibrationEntry(settings, _build(CaptureSettings, cap, f"calibration[{i}].capture"),
                                      c.get("text_field", d.get("text_field"))))
     trials = grid_trials(d)
     for i, t in enumerate(_as_list(d.get("trials"))):
-        t = _check_keys(t, TRIAL_KEYS, f"trials[{i}]")
+        t = _check_keys(t, _keys(TrialSpec), f"trials[{i}]")
         trials.append(_build(TrialSpec, t, f"trials[{i}]"))
     if not trials:
         raise SpecError("the sweep spec has no trials: give 'methods' (a grid) or 'trials'")
@@ -217,7 +239,7 @@ def parse_spec(d: dict[str, Any], name: str = "sweep") -> SweepSpec:
             seen.add(t.name + json.dumps(t.estimator_params, sort_keys=True))
             unique.append(t)
     ev = d.get("evaluation") or {}
-    ev = _check_keys(ev, {f.name for f in fields(EvalSettings)}, "evaluation")
+    ev = _check_keys(ev, _keys(EvalSettings), "evaluation")
     if "tasks" in ev:
         ev = {**ev, "tasks": tuple(_as_list(ev["tasks"]))}
     tracking = _check_keys(d.get("tracking") or {}, TRACKING_KEYS, "tracking")
@@ -230,7 +252,7 @@ def parse_spec(d: dict[str, Any], name: str = "sweep") -> SweepSpec:
         calibrations=tuple(cals),
         trials=tuple(unique),
         evaluation=_build(EvalSettings, ev, "evaluation"),
-        scoring=_build(ScoringOptions, _check_keys(d.get("scoring") or {}, {f.name for f in fields(ScoringOptions)},
+        scoring=_build(ScoringOptions, _check_keys(d.get("scoring") or {}, _keys(ScoringOptions),
                                                    "scoring"), "scoring"),
         tracking=_build(TrackingSpec, tracking, "tracking"),
         store_root=d.get("store_root"),
@@ -265,10 +287,13 @@ def validate_spec(spec: SweepSpec, resolve_models: bool = True) -> None:
         if t.estimator is not None:
             estimators.get(t.estimator)
     bundled = set(known_corpora())
-    for c in spec.calibrations:
-        corpus = c.settings.corpus
-        if corpus not in bundled and not Path(corpus).exists():
+    for corpus in [c.settings.corpus for c in spec.calibrations] + [spec.evaluation.corpus]:
+        if corpus is not None and corpus not in bundled and not Path(corpus).exists():
             raise SpecError(f"unknown corpus {corpus!r}; known: {', '.join(known_corpora())}")
+    if spec.evaluation.tasks:
+        from blockprune.evaluation.lm_eval_tasks import resolve_task_names
+
+        resolve_task_names(list(spec.evaluation.tasks))
     if not resolve_models:
         return
     from transformers import AutoConfig
@@ -306,7 +331,12 @@ def run_sweep(spec: SweepSpec, *, tracker: Any | None = None, progress: bool = F
     """Run every job of a validated spec on the connected cluster; failures are collected, not raised."""
     from blockprune.distributed.cluster import cluster_info
     from blockprune.distributed.model_actor import resolve_num_gpus
-    from blockprune.distributed.pipeline import DistributedSettings, JobOutcome, run_distributed_job
+    from blockprune.distributed.pipeline import (
+        DistributedSettings,
+        JobOutcome,
+        check_scoring_capacity,
+        run_distributed_job,
+    )
     from blockprune.models.zoo import resolve_model
     from blockprune.tracking.tracker import Tracker
 
@@ -318,6 +348,7 @@ def run_sweep(spec: SweepSpec, *, tracker: Any | None = None, progress: bool = F
     # GPU requests are checked for every model before any job starts
     gpus: dict[str, int] = {}
     for m in spec.models:
+        check_scoring_capacity(m.placement, spec.scoring, info, f"model {m.name}")
         gpus[m.name] = resolve_num_gpus(resolve_model(m.name).path, m.dtype, m.placement, info,
                                         what=f"model {m.name}")
     echo(f"[blockprune] sweep {spec.name!r} ({sweep_id}): {len(jobs)} job(s) × {len(spec.trials)} trial(s) on "
@@ -339,9 +370,26 @@ def run_sweep(spec: SweepSpec, *, tracker: Any | None = None, progress: bool = F
             log.debug("job %s failed:\n%s", name, traceback.format_exc())
 
     workers = max_concurrent_jobs or spec.max_concurrent_jobs or len(jobs)
+    cap = concurrency_cap(spec, info.total_cpus)
+    if cap < workers:
+        echo(f"[blockprune] running at most {cap} job(s) at once: more model actors would hold every CPU "
+             "and leave none for scoring tasks")
+        workers = cap
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blockprune-job") as pool:
         list(pool.map(run_one, range(len(jobs))))
     return SweepResult(spec.name, sweep_id, outcomes)
+
+
+def concurrency_cap(spec: SweepSpec, total_cpus: float) -> int:
+    """Jobs that may run at once so that actors of non-colocated jobs never hold every CPU.
+
+    A job reserves ``num_cpus × replicas`` CPUs at most (its capture); scoring tasks outside a
+    colocated placement group need ``scoring.num_cpus`` more. Colocated jobs bring their own.
+    """
+    loose = [m.placement.num_cpus * m.placement.replicas for m in spec.models if not m.placement.colocate]
+    if not loose or max(loose) <= 0:
+        return max(1, len(spec.jobs()))
+    return max(1, int((total_cpus - spec.scoring.num_cpus) // max(loose)))
 
 
 def summary_rows(result: SweepResult) -> list[dict[str, Any]]:
@@ -413,18 +461,9 @@ def apply_overrides(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
     return spec
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "alembic", "mlflow", "datasets", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from blockprune.distributed.cluster import (
-        ClusterUnreachableError,
-        InsufficientResourcesError,
-        connect,
-        shutdown,
-    )
+def run(args: argparse.Namespace) -> int:
+    """Validate, connect, run, summarise; 0 only when every job succeeded (1: some failed, 2: bad input)."""
+    from blockprune.distributed.cluster import connect, shutdown
 
     try:
         spec = apply_overrides(load_spec(args.spec), args)
@@ -435,16 +474,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   "placement": asdict(m.placement)}))
             return 0
         connect(args.address, num_cpus=args.num_cpus)
-    except (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, ClusterUnreachableError,
-            InsufficientResourcesError, ConnectionError) as e:
+    except OSError as e:  # unreachable cluster, hub or file: as clean as the entry wrapper's errors
         print(f"blockprune: error: {e}", file=sys.stderr)
         return 2
     try:
-        try:
-            result = run_sweep(spec, progress=args.progress, max_concurrent_jobs=args.max_concurrent)
-        except (ValueError, KeyError, FileNotFoundError, InsufficientResourcesError) as e:
-            print(f"blockprune: error: {e}", file=sys.stderr)
-            return 2
+        result = run_sweep(spec, progress=args.progress, max_concurrent_jobs=args.max_concurrent)
         rows = summary_rows(result)
         print(f"\n[blockprune] sweep {result.name!r} ({result.sweep_id}) summary")
         print(format_table(rows, SUMMARY_COLUMNS))
@@ -459,6 +493,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     finally:
         shutdown()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from blockprune.jobs.entry import run_entry
+
+    return run_entry(run, build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

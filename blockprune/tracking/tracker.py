@@ -135,6 +135,23 @@ def ensure_experiment(uri: str, name: str) -> None:
             raise
 
 
+def submission_id() -> str | None:
+    """The ``ray job submit`` submission id of this driver, if it runs as a submitted job.
+
+    Ray passes it to the entrypoint in the job config's metadata (``RAY_JOB_CONFIG_JSON_ENV_VAR``),
+    not as an environment variable of its own.
+    """
+    if os.environ.get("RAY_JOB_SUBMISSION_ID"):
+        return os.environ["RAY_JOB_SUBMISSION_ID"]
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return None
+    try:
+        return json.loads(raw).get("metadata", {}).get("job_submission_id")
+    except (ValueError, AttributeError):
+        return None
+
+
 class Tracker:
     """Thin layer over MLflow's fluent API that knows blockprune's run structure."""
 
@@ -216,8 +233,9 @@ class Tracker:
             return
         mlflow = self.mlflow
         base = {JOB_ID_TAG: self.job_id, GIT_TAG: git_commit() or "unknown"}
-        if os.environ.get("RAY_JOB_SUBMISSION_ID"):
-            base[SUBMISSION_TAG] = os.environ["RAY_JOB_SUBMISSION_ID"]
+        sid = submission_id()
+        if sid:
+            base[SUBMISSION_TAG] = sid
         child = nested or parent_run_id is not None
         inherited = {k: v for k, v in self._job_tags.items() if k in INHERITED_TAGS} if child else {}
         all_tags = {k: str(v) for k, v in {**base, **inherited, **(tags or {})}.items()}

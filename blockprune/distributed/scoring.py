@@ -1,0 +1,304 @@
+"""Scoring fan-out: one Ray task per (estimator, run), boundaries in the object store once.
+
+Transport: each boundary array of a store (``h_l``, ``m_l``) is put into the object store the
+first time a scorer needs it, once per store and job. A task receives the two boundaries of its
+run as top-level arguments, so Ray hands it read-only numpy views of shared memory on its node
+(zero-copy); tasks on another node pull one copy per node. With a colocated placement group the
+arrays are loaded by a task inside the group, so they start on the model's node.
+
+Scores: the task wraps the arrays in a :class:`BoundaryView` (an ActivationStore backed by those
+arrays) and calls the same :func:`~blockprune.calibration.scoring.score_one` as the single-process
+path, so both give identical numbers. :class:`RayRunScorer` subclasses ``StoreRunScorer`` and
+overrides only ``compute``: the on-disk cache keyed by (store checksum, estimator, params, run)
+is the same file either path reads and writes, so a rerun recomputes nothing.
+
+Selection stays central: Fast-Block-Select and brute force call ``score_runs`` once per iteration
+with all their new candidates; that is one fan-out and one round trip here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from blockprune.calibration.scoring import (
+    Run,
+    ScoreCache,
+    StoreRunScorer,
+    boundary_names,
+    entropy_increase,
+    entropy_one,
+    params_key,
+    score_one,
+)
+from blockprune.calibration.store import ActivationStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    """Resources and limits of scoring tasks.
+
+    ``max_in_flight``: tasks submitted but not finished (``None`` = twice the CPU slots the
+    cluster has for tasks of ``num_cpus``); bounds object-store pressure and driver memory.
+    ``max_retries``: re-runs of a task whose worker died (``retry_exceptions`` also re-runs
+    tasks that raised; off by default since an estimator error is deterministic).
+    """
+
+    num_cpus: float = 1.0
+    max_in_flight: int | None = None
+    max_retries: int = 3
+    retry_exceptions: bool = False
+
+    def __post_init__(self) -> None:
+        if self.num_cpus <= 0:
+            raise ValueError(f"scoring num_cpus must be > 0, got {self.num_cpus}")
+        if self.max_in_flight is not None and self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.max_retries < 0:
+            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
+
+
+class BoundaryView(ActivationStore):
+    """An ActivationStore over in-memory arrays (object-store views), for ``score_one`` in tasks."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], n_layers: int, has_mid: bool) -> None:
+        super().__init__(Path("<object-store>"), {"n_layers": n_layers, "capture_mid": has_mid})
+        self._arrays = arrays
+
+    def array(self, name: str) -> np.ndarray:
+        try:
+            return self._arrays[name]
+        except KeyError:
+            raise KeyError(f"boundary {name!r} was not shipped to this task") from None
+
+
+def _score_task(estimator: str, params: dict[str, Any], run: Run, granularity: str, rows: np.ndarray | None,
+                n_layers: int, has_mid: bool, names: tuple[str, ...], *arrays: np.ndarray) -> float:
+    view = BoundaryView(dict(zip(names, arrays, strict=True)), n_layers, has_mid)
+    return score_one(view, estimator, params, run, granularity, rows)
+
+
+def run_boundaries(store: ActivationStore, run: Run, granularity: str) -> tuple[str, ...]:
+    """Boundaries ``run_arrays`` reads for a run: (in, out) of its first and of its last block."""
+    pairs = boundary_names(store, granularity)
+    return tuple(dict.fromkeys(pairs[run[0]] + pairs[run[-1]]))
+
+
+def _entropy_task(estimator: str, params: dict[str, Any], name: str, rows: np.ndarray | None, n_layers: int,
+                  has_mid: bool, x: np.ndarray) -> float:
+    return entropy_one(BoundaryView({name: x}, n_layers, has_mid), estimator, params, name, rows)
+
+
+def _load_boundaries(path: str, names: list[str]) -> Any:
+    arrays = [np.load(Path(path) / f"{n}.npy") for n in names]
+    return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+
+def _describe_array(x: np.ndarray) -> dict[str, Any]:
+    """What a task sees: a read-only view of shared memory when the transport is zero-copy."""
+    import os
+
+    return {"writeable": bool(x.flags.writeable), "owndata": bool(x.flags.owndata), "pid": os.getpid(),
+            "shape": list(x.shape), "dtype": str(x.dtype)}
+
+
+class BoundaryRefs:
+    """Object refs of a store's boundary arrays, each put into the object store once."""
+
+    def __init__(self, store: ActivationStore, strategy: Any | None = None) -> None:
+        self.store = store
+        self.strategy = strategy
+        self._refs: dict[str, Any] = {}
+        self.bytes_put = 0
+
+    def refs(self, names: Iterable[str]) -> dict[str, Any]:
+        """Refs for ``names``, putting the missing ones now (one loader task when placed)."""
+        import ray
+
+        names = list(dict.fromkeys(names))
+        missing = [n for n in names if n not in self._refs]
+        if missing:
+            if self.strategy is None:
+                for n in missing:
+                    arr = np.load(self.store.path / f"{n}.npy")
+                    self._refs[n] = ray.put(arr)
+                    self.bytes_put += arr.nbytes
+            else:
+                loader = ray.remote(_load_boundaries).options(num_cpus=0, num_returns=len(missing),
+                                                              scheduling_strategy=self.strategy)
+                out = loader.remote(str(self.store.path), missing)
+                out = [out] if len(missing) == 1 else out
+                for n, ref in zip(missing, out, strict=True):
+                    self._refs[n] = ref
+                    self.bytes_put += self.store.array(n).nbytes
+        return {n: self._refs[n] for n in names}
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+
+def default_max_in_flight(num_cpus: float) -> int:
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(1, int(2 * cpus / num_cpus))
+
+
+def fan_out(submit: Callable[[Any], Any], items: Sequence[Any], max_in_flight: int,
+            label: Callable[[Any], str] = str) -> list[Any]:
+    """Results of ``submit(item)`` for every item, in order, with at most ``max_in_flight`` pending.
+
+    A failed task cancels the pending ones and re-raises its error, noting which item failed.
+    """
+    import ray
+
+    results: list[Any] = [None] * len(items)
+    pending: dict[Any, int] = {}
+    nxt = 0
+    try:
+        while nxt < len(items) or pending:
+            while nxt < len(items) and len(pending) < max_in_flight:
+                pending[submit(items[nxt])] = nxt
+                nxt += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                try:
+                    results[i] = ray.get(ref)
+                except Exception as e:
+                    e.add_note(f"blockprune: while scoring {label(items[i])}")
+                    raise
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, force=False)
+        raise
+    return results
+
+
+class RayRunScorer(StoreRunScorer):
+    """``StoreRunScorer`` whose uncached runs are computed by Ray tasks, in one round trip per batch."""
+
+    def __init__(self, store: ActivationStore, estimator: str, params: dict[str, Any] | None = None,
+                 granularity: str = "layer", rows: np.ndarray | None = None, use_cache: bool = True, *,
+                 boundaries: BoundaryRefs | None = None, options: ScoringOptions | None = None,
+                 strategy: Any | None = None) -> None:
+        import ray
+
+        super().__init__(store, estimator, params, granularity, rows, use_cache)
+        self.options = options or ScoringOptions()
+        self.boundaries = boundaries or BoundaryRefs(store, strategy)
+        self.max_in_flight = self.options.max_in_flight or default_max_in_flight(self.options.num_cpus)
+        self._remote = ray.remote(_score_task).options(
+            num_cpus=self.options.num_cpus, max_retries=self.options.max_retries,
+            retry_exceptions=self.options.retry_exceptions, scheduling_strategy=strategy)
+        self.round_trips = 0
+        self.tasks = 0
+        self.seconds = 0.0
+
+    def compute(self, runs: Sequence[Run]) -> list[float]:
+        t0 = time.perf_counter()
+        by_run = {r: run_boundaries(self.store, r, self.granularity) for r in runs}
+        refs = self.boundaries.refs(n for names in by_run.values() for n in names)
+        n_layers, has_mid = self.store.n_layers, self.store.has_mid
+        rows = self.rows
+
+        def submit(run: Run) -> Any:
+            names = by_run[run]
+            return self._remote.remote(self.estimator, self.params, run, self.granularity, rows, n_layers, has_mid,
+                                       names, *(refs[n] for n in names))
+
+        out = fan_out(submit, list(runs), self.max_in_flight,
+                      label=lambda r: f"run {r[0]}..{r[-1]} with {self.estimator} {self.params}")
+        self.round_trips += 1
+        self.tasks += len(runs)
+        self.seconds += time.perf_counter() - t0
+        return [float(v) for v in out]
+
+
+@dataclass
+class RayScoring:
+    """The scoring side of one job: boundary refs per store, task options, counters.
+
+    ``run_scorer`` has the runner's ``RunScorerFactory`` signature, so
+    ``runner.score_and_select(store, trial, run_scorer=scoring.run_scorer)`` fans out unchanged.
+    """
+
+    options: ScoringOptions = field(default_factory=ScoringOptions)
+    strategy: Any | None = None
+    scorers: list[RayRunScorer] = field(default_factory=list)
+    entropy_tasks: int = 0
+    _boundaries: dict[str, BoundaryRefs] = field(default_factory=dict)
+
+    def boundaries(self, store: ActivationStore) -> BoundaryRefs:
+        key = f"{store.path}:{store.checksum}"
+        if key not in self._boundaries:
+            self._boundaries[key] = BoundaryRefs(store, self.strategy)
+        return self._boundaries[key]
+
+    def run_scorer(self, store: ActivationStore, estimator: str, params: dict[str, Any],
+                   granularity: str) -> RayRunScorer:
+        scorer = RayRunScorer(store, estimator, params, granularity, boundaries=self.boundaries(store),
+                              options=self.options, strategy=self.strategy)
+        self.scorers.append(scorer)
+        return scorer
+
+    def warm_entropies(self, store: ActivationStore, estimator: str, params: dict[str, Any] | None,
+                       granularity: str) -> int:
+        """Compute the uncached boundary entropies of EntroDrop as tasks, into the cache
+        ``entropy_increase`` reads (same key), so the single-process call that follows only reads."""
+        import ray
+
+        params = dict(params or {})
+        names = sorted({n for pair in boundary_names(store, granularity) for n in pair})
+        cache = ScoreCache(store, params_key(estimator, params, "boundary", "entropy"),
+                           {"estimator": estimator, "params": params, "kind": "entropy"})
+        todo = [n for n in names if n not in cache.values]
+        if not todo:
+            return 0
+        refs = self.boundaries(store).refs(todo)
+        remote = ray.remote(_entropy_task).options(
+            num_cpus=self.options.num_cpus, max_retries=self.options.max_retries,
+            retry_exceptions=self.options.retry_exceptions, scheduling_strategy=self.strategy)
+        max_in_flight = self.options.max_in_flight or default_max_in_flight(self.options.num_cpus)
+        values = fan_out(lambda n: remote.remote(estimator, params, n, None, store.n_layers, store.has_mid, refs[n]),
+                         todo, max_in_flight, label=lambda n: f"entropy of {n} with {estimator} {params}")
+        cache.put_many({n: float(v) for n, v in zip(todo, values, strict=True)})
+        self.entropy_tasks += len(todo)
+        return len(todo)
+
+    def entropy_increase(self, store: ActivationStore, estimator: str, params: dict[str, Any] | None = None,
+                         granularity: str = "layer") -> tuple[list[float], dict[str, float]]:
+        self.warm_entropies(store, estimator, params, granularity)
+        return entropy_increase(store, estimator, params, granularity)
+
+    def score_and_select(self, store: ActivationStore, trial: Any) -> tuple[Any, Any, Any, Any]:
+        """``runner.score_and_select`` with every exact score computed by Ray tasks."""
+        from blockprune.jobs.runner import score_and_select
+
+        if trial.method == "entrodrop" and trial.estimator:
+            self.warm_entropies(store, trial.estimator, trial.estimator_params, trial.granularity)
+        return score_and_select(store, trial, run_scorer=self.run_scorer)
+
+    @property
+    def tasks(self) -> int:
+        return self.entropy_tasks + sum(s.tasks for s in self.scorers)
+
+    @property
+    def round_trips(self) -> int:
+        return sum(s.round_trips for s in self.scorers)
+
+
+def inspect_transport(refs: BoundaryRefs, name: str, strategy: Any | None = None) -> dict[str, Any]:
+    """How a task sees one boundary (zero-copy check used by tests and ``--explain``)."""
+    import ray
+
+    ref = refs.refs([name])[name]
+    return ray.get(ray.remote(_describe_array).options(num_cpus=0.01, scheduling_strategy=strategy).remote(ref))
