@@ -191,6 +191,27 @@ def store_key(meta: dict[str, Any], settings: CaptureSettings) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
+def finish_manifest(writer: StoreWriter, meta: dict[str, Any], windows: TokenWindows, positions: np.ndarray,
+                    settings: CaptureSettings, stats: dict[str, BlockStats], n_layers: int, hidden: int,
+                    seconds: float) -> dict[str, Any]:
+    """Write the position/token arrays and build the manifest; shared by every capture path."""
+    skip = windows.has_bos and not settings.include_bos
+    writer.save_array("positions", positions)
+    writer.save_array("token_ids", windows.input_ids[positions[:, 0], positions[:, 1]])
+    return {
+        **meta,
+        "n_layers": n_layers,
+        "hidden_size": hidden,
+        "n_rows": len(positions),
+        "capture_mid": settings.capture_mid,
+        "settings": asdict(settings),
+        "windows_digest": windows_digest(windows),
+        "tokens_calibrated": int(windows.input_ids.shape[0] * (windows.input_ids.shape[1] - (1 if skip else 0))),
+        "capture_seconds": seconds,
+        "stats": {g: s.to_dict() for g, s in stats.items() if g == "layer" or settings.capture_mid},
+    }
+
+
 def capture(
     model: Any,
     adapter: Adapter,
@@ -213,21 +234,8 @@ def capture(
     t0 = time.perf_counter()
     try:
         stats = run_capture(model, adapter, windows, positions, settings, writer, progress=progress)
-        writer.save_array("positions", positions)
-        writer.save_array("token_ids", windows.input_ids[positions[:, 0], positions[:, 1]])
         seconds = time.perf_counter() - t0
-        manifest = {
-            **meta,
-            "n_layers": n_layers,
-            "hidden_size": hidden,
-            "n_rows": len(positions),
-            "capture_mid": settings.capture_mid,
-            "settings": asdict(settings),
-            "windows_digest": windows_digest(windows),
-            "tokens_calibrated": int(windows.input_ids.shape[0] * (windows.input_ids.shape[1] - (1 if skip else 0))),
-            "capture_seconds": seconds,
-            "stats": {g: s.to_dict() for g, s in stats.items() if g == "layer" or settings.capture_mid},
-        }
+        manifest = finish_manifest(writer, meta, windows, positions, settings, stats, n_layers, hidden, seconds)
         store = writer.commit(manifest)
     except BaseException:
         writer.abort()

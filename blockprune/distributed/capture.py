@@ -21,13 +21,12 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from blockprune.calibration.capture import sample_positions, windows_digest
+from blockprune.calibration.capture import finish_manifest, sample_positions
 from blockprune.calibration.stats import BlockStats
 from blockprune.calibration.store import MANIFEST, ActivationStore, StoreWriter, boundary_name
 
@@ -178,24 +177,11 @@ def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, A
         stats = {g: BlockStats.from_dict(results[0][g]) for g in results[0]}
         for r in results[1:]:
             stats = {g: stats[g].merge(BlockStats.from_dict(r[g])) for g in stats}
-        writer.save_array("positions", positions)
-        writer.save_array("token_ids", windows.input_ids[positions[:, 0], positions[:, 1]])
         seconds = time.perf_counter() - t0
         restarts = {i: max(0, len(attempts(writer.tmp, i)) - 1) for i in range(len(parts))}
-        manifest = {
-            **meta,
-            "n_layers": n_layers,
-            "hidden_size": hidden,
-            "n_rows": len(positions),
-            "capture_mid": settings.capture_mid,
-            "settings": asdict(settings),
-            "windows_digest": windows_digest(windows),
-            "tokens_calibrated": int(windows.input_ids.shape[0] * (windows.input_ids.shape[1] - (1 if skip else 0))),
-            "capture_seconds": seconds,
-            "stats": {g: s.to_dict() for g, s in stats.items() if g == "layer" or settings.capture_mid},
-            "capture_parts": [[part[0], part[-1]] for part in parts],
-            "capture_restarts": restarts,
-        }
+        manifest = finish_manifest(writer, meta, windows, positions, settings, stats, n_layers, hidden, seconds)
+        manifest["capture_parts"] = [[part[0], part[-1]] for part in parts]
+        manifest["capture_restarts"] = restarts
         for f in writer.tmp.glob("part-*.attempts"):
             f.unlink()
         store = writer.commit(manifest)
