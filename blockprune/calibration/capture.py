@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from blockprune.calibration.stats import BlockStats
+from blockprune.calibration.stats import BlockStats, token_dot, token_norm
 from blockprune.calibration.store import ActivationStore, StoreWriter, boundary_name
 from blockprune.calibration.windows import TokenWindows
 from blockprune.models.adapters import Adapter
@@ -75,6 +75,7 @@ class _Hooks:
         self.stats = {g: BlockStats(n_layers) for g in ("layer", "attention", "mlp")}
         self.handles: list[Any] = []
         self.mid: torch.Tensor | None = None
+        self.prev_norm: torch.Tensor | None = None
         self.rows: tuple[int, torch.Tensor | None] = (0, None)  # (first row, flat indices per device)
         self._index_cache: dict[torch.device, torch.Tensor] = {}
         for i, layer in enumerate(layers):
@@ -99,9 +100,14 @@ class _Hooks:
         rows = flat.index_select(0, self._index(flat.device)).to("cpu", torch.float32).numpy()
         self.writer.write_rows(name, self.rows[0], rows)
 
-    def _check(self, where: str, t: torch.Tensor) -> None:
-        if not bool(torch.isfinite(t).all()):
+    def _norms(self, where: str, t: torch.Tensor) -> torch.Tensor:
+        """Per-token norms of the calibration tokens; a NaN/inf anywhere in a row makes its norm non-finite."""
+        n = token_norm(t[:, self.first_pos :])
+        if not bool(torch.isfinite(n).all()):
             raise NonFiniteActivationError(f"NaN/inf activations at {where}")
+        if self.first_pos and not bool(torch.isfinite(token_norm(t[:, : self.first_pos])).all()):
+            raise NonFiniteActivationError(f"NaN/inf activations at {where} (BOS position)")
+        return n
 
     def _mid_hook(self, i: int) -> Any:
         def hook(module: Any, args: tuple) -> None:
@@ -115,19 +121,23 @@ class _Hooks:
             y = output[0] if isinstance(output, tuple) else output
             f = self.first_pos
             if i == 0:
-                self._check("the input of layer 0 (embeddings)", x)
+                self.prev_norm = self._norms("the input of layer 0 (embeddings)", x)
                 self._save(boundary_name("h", 0), x)
-            self._check(f"the output of layer {i}", y)
-            self.stats["layer"].add(i, x[:, f:], y[:, f:])
+            nx = self.prev_norm
+            ny = self._norms(f"the output of layer {i}", y)
+            xs, ys = x[:, f:], y[:, f:]
+            self.stats["layer"].add_from_norms(i, token_dot(xs, ys), nx, ny)
             self._save(boundary_name("h", i + 1), y)
             if self.settings.capture_mid:
                 m, self.mid = self.mid, None
                 if m is None:
                     raise RuntimeError(f"mid-layer hook of layer {i} did not fire; adapter mismatch?")
-                self._check(f"layer {i} after its attention sub-block", m)
-                self.stats["attention"].add(i, x[:, f:], m[:, f:])
-                self.stats["mlp"].add(i, m[:, f:], y[:, f:])
+                nm = self._norms(f"layer {i} after its attention sub-block", m)
+                ms = m[:, f:]
+                self.stats["attention"].add_from_norms(i, token_dot(xs, ms), nx, nm)
+                self.stats["mlp"].add_from_norms(i, token_dot(ms, ys), nm, ny)
                 self._save(boundary_name("m", i), m)
+            self.prev_norm = ny  # the next layer's input is this layer's output
 
         return hook
 

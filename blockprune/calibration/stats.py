@@ -16,6 +16,19 @@ import torch
 STAT_NAMES = ("cos", "angular", "relmag")
 
 
+def token_norm(t: torch.Tensor) -> torch.Tensor:
+    """Per-token L2 norm of (..., d), flattened to (n_tokens,), in float32."""
+    return torch.linalg.vector_norm(t.reshape(-1, t.shape[-1]), dim=-1, dtype=torch.float32)
+
+
+def token_dot(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-token x·y of (..., d) tensors, flattened to (n_tokens,), in float32."""
+    x, y = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
+    if x.dtype != torch.float32:
+        x, y = x.float(), y.float()
+    return torch.linalg.vecdot(x, y)
+
+
 @dataclass
 class BlockStats:
     """Sums for ``n_blocks`` blocks of one granularity."""
@@ -32,19 +45,24 @@ class BlockStats:
 
     def add(self, block: int, x: torch.Tensor, y: torch.Tensor) -> None:
         """Accumulate tokens of (..., d) tensors x → y (float32 math on their device)."""
-        x = x.reshape(-1, x.shape[-1]).float()
-        y = y.reshape(-1, y.shape[-1]).float()
-        nx = torch.linalg.vector_norm(x, dim=-1)
-        ny = torch.linalg.vector_norm(y, dim=-1)
-        cos = (x * y).sum(-1) / (nx * ny).clamp_min(1e-12)
+        self.add_from_norms(block, token_dot(x, y), token_norm(x), token_norm(y))
+
+    def add_from_norms(self, block: int, dot: torch.Tensor, nx: torch.Tensor, ny: torch.Tensor) -> None:
+        """Accumulate from per-token x·y, ‖x‖ and ‖y‖: capture computes each norm once per boundary.
+
+        ‖y − x‖² = ‖x‖² + ‖y‖² − 2 x·y, evaluated in float64 on the per-token vectors.
+        """
+        dot = dot.double()
+        nx, ny = nx.to(dot.device, torch.float64), ny.to(dot.device, torch.float64)  # layers may sit on two GPUs
+        cos = dot / (nx * ny).clamp_min(1e-12)
         ang = torch.arccos(cos.clamp(-1.0, 1.0)) / torch.pi
-        rel = torch.linalg.vector_norm(y - x, dim=-1) / ny.clamp_min(1e-12)
-        vals = torch.stack([cos.sum(), ang.sum(), rel.sum()]).double().cpu().numpy()
+        rel = (nx * nx + ny * ny - 2 * dot).clamp_min(0).sqrt() / ny.clamp_min(1e-12)
+        vals = torch.stack([cos.sum(), ang.sum(), rel.sum()]).cpu().numpy()
         if not np.all(np.isfinite(vals)):
             raise FloatingPointError("non-finite statistics")
         for k, v in zip(STAT_NAMES, vals, strict=True):
             self.sums[k][block] += v
-        self.counts[block] += x.shape[0]
+        self.counts[block] += dot.numel()
 
     def merge(self, other: BlockStats) -> BlockStats:
         if other.n_blocks != self.n_blocks:
