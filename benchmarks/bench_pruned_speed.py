@@ -285,7 +285,7 @@ def print_table(r: dict[str, Any]) -> None:
             f"{v['weights_bytes'] / 2**20:>10.0f} {v['peak_memory_bytes'] / 2**20:>13.0f}"
         )
     if mem.startswith("peak RSS"):
-        print("(peak RSS is process-wide: it includes the removed layers, kept in memory to restore them)")
+        print("(peak RSS is process-wide: it includes the dense model kept beside the pruned copy)")
     c, s, i = r["compute_removed"], r["speedup"], r["ideal_speedup_from_flops"]
     print(
         f"\nremoved {len(r['removed_layers'])} layers {r['removed_layers'][0]}–{r['removed_layers'][-1]} "
