@@ -29,3 +29,10 @@ def setup() -> None:
 
     if "test.crash_once" not in ESTIMATORS:
         ESTIMATORS.register("test.crash_once", crash_once)
+
+
+def teardown() -> None:
+    """Remove ``test.crash_once`` from the driver's registry so later tests see only the real estimators."""
+    from blockprune.estimators import ESTIMATORS
+
+    ESTIMATORS.unregister("test.crash_once")

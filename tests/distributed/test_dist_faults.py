@@ -43,6 +43,7 @@ def ray_faulty(ray_temp_dir: str) -> Iterator[Any]:
         yield info
     finally:
         ray.shutdown()
+        dist_faults.teardown()
 
 
 def test_killed_model_actor_is_restarted_and_the_plan_is_unchanged(ray_faulty, reference, tmp_path) -> None:
