@@ -112,3 +112,14 @@ def test_capture_settings_reject_bad_values() -> None:
         CaptureSettings(store_dtype="int8")
     with pytest.raises(ValueError):
         CaptureSettings(sample_rows=1)
+
+
+@pytest.mark.parametrize("value", [7e4, -7e4])
+def test_float16_store_refuses_values_out_of_range(tmp_path, value: float) -> None:
+    from blockprune.calibration.store import StoreWriter
+
+    writer = StoreWriter(tmp_path / "s", ["h_000"], 2, 3, "float16")
+    writer.write_rows("h_000", 0, np.array([[6e4, 0, 1]], np.float32))  # inside the range: fine
+    with pytest.raises(OverflowError, match="float32"):
+        writer.write_rows("h_000", 1, np.array([[0, value, 0]], np.float32))
+    writer.abort()
