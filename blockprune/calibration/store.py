@@ -123,10 +123,6 @@ class ActivationStore:
             return self.mid(block), self.h(block + 1)
         raise ValueError(f"unknown granularity {granularity!r}")
 
-    def run_io(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
-        """(input of ``first``, output of ``last``) for a run of whole layers."""
-        return self.h(first), self.h(last + 1)
-
     def positions(self) -> np.ndarray:
         return np.load(self.path / "positions.npy")
 

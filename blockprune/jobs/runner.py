@@ -61,7 +61,7 @@ class TrialResult:
 
 def validate_trial(trial: TrialSpec, n_layers: int, has_mid: bool = True) -> None:
     """Every check a trial can fail without touching the model."""
-    spec = METHODS.get(trial.method)  # unknown method → lists the known ones
+    METHODS.get(trial.method)  # unknown method → lists the known ones
     if not 1 <= trial.n_prune < n_layers:
         raise ValueError(
             f"--prune must be between 1 and {n_layers - 1} for a model with {n_layers} layers, got {trial.n_prune}"
@@ -78,7 +78,6 @@ def validate_trial(trial: TrialSpec, n_layers: int, has_mid: bool = True) -> Non
             raise ValueError(f"{trial.method} needs a mutual-information estimator (mi.*), got {trial.estimator!r}")
     if trial.s_start is not None and trial.method != "entrodrop":
         raise ValueError("s_start applies to entrodrop only")
-    del spec
 
 
 def prepare(job: JobConfig) -> Prepared:

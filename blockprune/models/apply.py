@@ -13,7 +13,6 @@ The plan is recorded in ``config.blockprune_plan``; applying a second plan is re
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -228,6 +227,3 @@ def read_plan(path: str | Path) -> PrunePlan:
     """The plan saved beside a pruned model."""
     return PrunePlan.from_json((Path(path) / PLAN_FILE).read_text()) if Path(path).is_dir() else PrunePlan.load(path)
 
-
-def describe(plan: PrunePlan) -> str:
-    return json.dumps({"model": plan.model_id, "granularity": plan.granularity, "blocks": list(plan.blocks)})
