@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", "measure a model, dense or with a plan applied (perplexity, lm-eval, speed)"),
     "sweep": ("sweep", "many models × calibrations × trials on a Ray cluster"),
     "compare": ("compare", "compare prune plans logged to MLflow (table, agreement, Markdown + HTML report)"),
+    "study": ("study", "the results study: every method on the bundled models → docs/RESULTS.md"),
 }
 
 

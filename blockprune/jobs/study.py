@@ -1,0 +1,81 @@
+"""``blockprune study`` / ``python -m blockprune.jobs.study``: the project's results table, docs/RESULTS.md.
+
+Runs every method of a study spec on the bundled models (capture → select → evaluate every distinct plan),
+logs each step to MLflow, then writes the report (tables, figures, plan stability, cost, a summary)
+from those MLflow runs alone. Resumable: run it again and finished work is skipped; ``--max-minutes``
+stops between units of work so a CPU study can run in pieces; ``--report-only`` just rewrites the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from blockprune.env import apply_env_defaults
+
+apply_env_defaults()
+
+EPILOG = """examples:
+  python -m blockprune.jobs.study --quick            # small grid, < 20 min on 2 CPU cores → docs/RESULTS-quick.md
+  python -m blockprune.jobs.study                    # the full grid (hours on CPU) → docs/RESULTS.md
+  python -m blockprune.jobs.study --max-minutes 60   # work for an hour, write the report, stop; rerun to resume
+  python -m blockprune.jobs.study --report-only      # rewrite the report from MLflow
+
+the spec: blockprune/jobs/configs/study.yaml (full) and study-quick.yaml (--quick)
+"""
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="python -m blockprune.jobs.study", description=__doc__,
+                                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="the small grid (study-quick.yaml); the report says so")
+    p.add_argument("--spec", type=Path, default=None, help="a study spec (default: study.yaml or study-quick.yaml)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="report path (default docs/RESULTS.md, or docs/RESULTS-quick.md with --quick); "
+                        "figures and runs.json go to a folder beside it")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working dir)")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="stop starting new work after this many minutes, then write the report (resume later)")
+    p.add_argument("--report-only", action="store_true", help="skip the runs; rebuild the report from MLflow")
+    p.add_argument("--no-report", action="store_true", help="run only; write no report")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from blockprune.study.report import write_report
+    from blockprune.study.run import run_study
+    from blockprune.study.spec import StudySpecError, default_spec_path, load_spec, validate
+    from blockprune.tracking.tracker import TrackingUnavailableError, check_store, default_tracking_uri
+
+    if args.max_minutes is not None and args.max_minutes <= 0:
+        print("error: --max-minutes must be positive", file=sys.stderr)
+        return 2
+    try:
+        spec = load_spec(args.spec or default_spec_path(args.quick))
+        uri = args.tracking_uri or default_tracking_uri()
+        check_store(uri, 5.0, "start it or fix --tracking-uri / MLFLOW_TRACKING_URI")
+        if args.report_only:
+            validate(spec)
+        else:
+            run_study(spec, uri, max_minutes=args.max_minutes)
+    except (StudySpecError, TrackingUnavailableError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not args.no_report:
+        out = args.out or Path("docs") / ("RESULTS-quick.md" if spec.quick else "RESULTS.md")
+        path = write_report(spec, uri, out, command=" ".join(["python -m blockprune.jobs.study",
+                                                              *(argv if argv is not None else sys.argv[1:])]))
+        print(f"[study] report: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""The study's MLflow records: what is logged, under which keys, and how it is read back.
+
+Every number the report prints comes from these runs. Three kinds, told apart by ``study.kind``:
+
+* ``calibration`` — one per model × corpus × seed: capture seconds and tokens, store checksum;
+* ``selection`` — one per trial (method × estimator × granularity × n_prune) of a calibration: the plan
+  (tag ``blocks``, artifact ``plan.json``), scoring seconds, exact scores computed;
+* ``evaluation`` — one per *distinct* plan of a model (``plan_key``) and one for the dense model:
+  held-out perplexity per corpus, parameter counts, lm-eval accuracies.
+
+A run is looked up by ``study.key``; the study resumes by skipping keys that already have a finished run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from blockprune.tracking.tracker import GIT_TAG, git_commit
+
+KIND, KEY, STUDY, FINGERPRINT = "study.kind", "study.key", "study.name", "study.fingerprint"
+DENSE = "dense"
+
+
+def blocks_text(blocks: Iterable[int]) -> str:
+    return ",".join(str(b) for b in sorted(blocks))
+
+
+def parse_blocks(text: str) -> tuple[int, ...]:
+    return tuple(int(b) for b in text.split(",") if b != "")
+
+
+def plan_key(model: str, granularity: str, blocks: Iterable[int] | None) -> str:
+    """Identifies what is evaluated: the same blocks chosen by two methods are one model to measure."""
+    return f"{model}|{DENSE}" if blocks is None else f"{model}|{granularity}|{blocks_text(blocks)}"
+
+
+def params_text(params: Mapping[str, Any] | None) -> str:
+    return ",".join(f"{k}={params[k]}" for k in sorted(params)) if params else ""
+
+
+def calibration_key(model: str, corpus: str, seed: int, n_samples: int, seq_len: int,
+                    capture: Mapping[str, Any] | None = None) -> str:
+    """A model's own capture overrides are part of the key (the study-wide settings are in the fingerprint)."""
+    return f"{model}|{corpus}|s{seed}|{n_samples}x{seq_len}" + (f"|{params_text(capture)}" if capture else "")
+
+
+def method_id(method: str, estimator: str | None, params: Mapping[str, Any] | None = None) -> str:
+    """``method``, ``method/estimator`` or ``method/estimator[k=v,...]``: one row of the report."""
+    base = method if estimator in (None, "", "none", method) else f"{method}/{estimator}"
+    return f"{base}[{params_text(params)}]" if params else base
+
+
+def trial_key(cal_key: str, method: str, estimator: str | None, granularity: str, n_prune: int,
+              params: Mapping[str, Any] | None = None) -> str:
+    est = (estimator or "-") + (f"[{params_text(params)}]" if params else "")
+    return f"{cal_key}|{method}|{est}|{granularity}|k={n_prune}"
+
+
+@dataclass
+class RunRecord:
+    """A run as the study reads it back (a plain copy; no MLflow objects escape this module)."""
+
+    run_id: str
+    tags: dict[str, str]
+    metrics: dict[str, float]
+    status: str = "FINISHED"
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return self.tags.get(KIND, "")
+
+    @property
+    def key(self) -> str:
+        return self.tags.get(KEY, "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"run_id": self.run_id, "status": self.status, "tags": self.tags, "metrics": self.metrics}
+
+
+class StudyLog:
+    """Reads and writes the study's runs through an ``MlflowClient`` (no fluent global state)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, study: str, fingerprint: str) -> None:
+        from mlflow import MlflowClient
+
+        from blockprune.tracking.tracker import ensure_experiment
+
+        ensure_experiment(tracking_uri, experiment)
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = tracking_uri
+        self.experiment_id = self.client.get_experiment_by_name(experiment).experiment_id
+        self.study, self.fingerprint = study, fingerprint
+        self._commit = git_commit() or "unknown"
+
+    def runs(self, kind: str | None = None, finished_only: bool = True) -> list[RunRecord]:
+        flt = f"tags.`{FINGERPRINT}` = '{self.fingerprint}'"
+        if kind:
+            flt += f" and tags.`{KIND}` = '{kind}'"
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string=flt, max_results=5000,
+                                           page_token=token)
+            for r in page:
+                if finished_only and r.info.status != "FINISHED":
+                    continue
+                out.append(RunRecord(r.info.run_id, dict(r.data.tags), dict(r.data.metrics), r.info.status,
+                                     dict(r.data.params)))
+            token = page.token
+            if not token:
+                return out
+
+    def by_key(self, kind: str) -> dict[str, RunRecord]:
+        """Finished runs of a kind by key; the newest wins when a key was run twice."""
+        runs = sorted(self.runs(kind), key=lambda r: r.metrics.get("logged_at", 0.0))
+        return {r.key: r for r in runs}
+
+    def start(self, kind: str, key: str, name: str, tags: Mapping[str, Any], params: Mapping[str, Any] | None = None,
+              parent: str | None = None) -> str:
+        all_tags = {KIND: kind, KEY: key, STUDY: self.study, FINGERPRINT: self.fingerprint, GIT_TAG: self._commit,
+                    **{k: str(v) for k, v in tags.items()}}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        if params:
+            from blockprune.tracking.tracker import flatten
+
+            items = list(flatten(dict(params)).items())
+            from mlflow.entities import Param
+
+            for i in range(0, len(items), 90):
+                self.client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i : i + 90]])
+        return run.info.run_id
+
+    def log(self, run_id: str, metrics: Mapping[str, float] | None = None, tags: Mapping[str, Any] | None = None,
+            artifact: tuple[str, Any] | None = None) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        ts = int(time.time() * 1000)
+        ms = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if v is not None]
+        ms.append(Metric("logged_at", time.time(), ts, 0))
+        ts_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
+        self.client.log_batch(run_id, metrics=ms, tags=ts_tags)
+        if artifact is not None:
+            self.client.log_text(run_id, json.dumps(artifact[1], indent=1, default=str), artifact[0])
+
+    def finish(self, run_id: str, ok: bool = True) -> None:
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
+
+
+def export(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
+    """Plain JSON of the runs a report used, so every printed number can be traced without MLflow."""
+    keep_tags = {KIND, KEY, "model", "corpus", "seed", "method", "estimator", "label", "granularity", "n_prune", "blocks",
+                 "plan_key", "reference", "tasks_done", "store_checksum", GIT_TAG}
+    return [{"run_id": r.run_id, "tags": {k: v for k, v in sorted(r.tags.items()) if k in keep_tags},
+             "metrics": {k: v for k, v in sorted(r.metrics.items()) if k != "logged_at"}} for r in runs]

@@ -1,0 +1,258 @@
+"""Run a study: select every trial on every calibration, then evaluate every distinct plan once.
+
+Resumable at every step: a store with the same settings is reused (never recaptured), MI/entropy scores
+come from the store's score cache, and a trial or evaluation whose key already has a finished MLflow run
+is skipped. A deadline stops between units of work, so a long CPU study can be run in pieces.
+
+Order, so that a partial run is already useful: the reference calibration (first corpus, first seed) of
+every model and the perplexity of its plans and the dense model; then the other calibrations (plan
+stability) and their plans' perplexity; then lm-eval, the reference calibration's plans first.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from blockprune.study.record import (
+    DENSE,
+    RunRecord,
+    StudyLog,
+    blocks_text,
+    calibration_key,
+    method_id,
+    parse_blocks,
+    plan_key,
+    trial_key,
+)
+from blockprune.study.spec import ModelGrid, StudySpec
+
+log = logging.getLogger(__name__)
+Echo = Callable[[str], None]
+
+
+@dataclass
+class Deadline:
+    """Wall-clock budget; ``None`` = no limit."""
+
+    seconds: float | None = None
+    start: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.start = time.monotonic()
+
+    def passed(self) -> bool:
+        return self.seconds is not None and time.monotonic() - self.start > self.seconds
+
+
+@dataclass
+class Progress:
+    selections: int = 0
+    evaluations: int = 0
+    lm_evals: int = 0
+    stopped_early: bool = False
+
+
+def _job(spec: StudySpec, model: ModelGrid, cal: Any, trials: list[Any]) -> Any:
+    from blockprune.jobs.config import EvalSettings, JobConfig
+
+    return JobConfig(model=model.name, calibration=cal, trials=tuple(trials), capture=spec.capture_for(model),
+                     evaluation=EvalSettings(windows=1), dtype=spec.dtype, store_root=spec.store_root)
+
+
+def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadline, echo: Echo,
+               models: dict[str, Any], reference: bool) -> None:
+    """Capture (or reuse) the reference calibration's store (or the others') and make every selection."""
+    from blockprune.jobs.runner import capture_or_reuse, make_plan, prepare, score_and_select, store_path
+    from blockprune.models.zoo import load_model
+
+    done = slog.by_key("selection")
+    for m in spec.models:
+        trials = spec.trials(m)
+        for ci, cal in enumerate(spec.calibrations()):
+            if (ci == 0) != reference:
+                continue
+            ckey = calibration_key(m.name, cal.corpus, cal.seed, cal.n_samples, cal.seq_len, dict(m.capture))
+            todo = [t for t in trials if trial_key(ckey, t.method, t.estimator, t.granularity, t.n_prune,
+                                                   t.estimator_params) not in done]
+            if not todo:
+                continue
+            if deadline.passed():
+                state.stopped_early = True
+                return
+            p = prepare(_job(spec, m, cal, todo))
+            if not (store_path(p) / "manifest.json").exists() and m.name not in models:
+                models[m.name] = load_model(m.name, dtype=spec.dtype)[0]
+            store, reused = capture_or_reuse(p, models.get(m.name))
+            manifest = store.manifest
+            echo(f"[study] {ckey}: store {'reused' if reused else 'captured'} "
+                 f"({manifest.get('capture_seconds', 0):.1f} s capture); {len(todo)} selections to make")
+            parent = slog.start("calibration", ckey, ckey, {
+                "model": m.name, "corpus": cal.corpus, "seed": cal.seed, "reference": int(ci == 0),
+                "store_checksum": store.checksum, "store_path": store.path})
+            slog.log(parent, {"capture_seconds": float(manifest.get("capture_seconds", 0.0)),
+                              "tokens_calibrated": float(manifest.get("tokens_calibrated", 0)),
+                              "sample_rows": float(store.n_rows)})
+            for t in todo:
+                tkey = trial_key(ckey, t.method, t.estimator, t.granularity, t.n_prune, t.estimator_params)
+                t0 = time.perf_counter()
+                sel, scores, run_scores, info = score_and_select(store, t)
+                seconds = time.perf_counter() - t0
+                plan = make_plan(p, store, t, sel, scores, run_scores, info)
+                rid = slog.start("selection", tkey, f"{m.name} {t.name} @{cal.corpus}/s{cal.seed}", {
+                    "model": m.name, "corpus": cal.corpus, "seed": cal.seed, "reference": int(ci == 0),
+                    "method": t.method, "estimator": t.estimator or "none", "granularity": t.granularity,
+                    "label": method_id(t.method, t.estimator, t.estimator_params),
+                    "n_prune": t.n_prune, "blocks": blocks_text(plan.blocks),
+                    "plan_key": plan_key(m.name, t.granularity, plan.blocks), "store_checksum": store.checksum,
+                }, parent=parent)
+                slog.log(rid, {"scoring_seconds": seconds, "exact_scores": float(sel.evaluations),
+                               "n_blocks": float(plan.n_blocks)}, artifact=("plan.json", plan.to_dict()))
+                slog.finish(rid)
+                state.selections += 1
+            slog.finish(parent)
+            echo(f"[study] {ckey}: {len(todo)} selections logged")
+
+
+def _plans(slog: StudyLog, spec: StudySpec, m: ModelGrid) -> list[tuple[str, str, tuple[int, ...], bool]]:
+    """(plan_key, granularity, blocks, from the reference calibration) in evaluation order."""
+    sels = [r for r in slog.runs("selection") if r.tags.get("model") == m.name]
+    order = {(c.corpus, c.seed): i for i, c in enumerate(spec.calibrations())}
+    sels.sort(key=lambda r: (order.get((r.tags["corpus"], int(r.tags["seed"])), 99), r.tags["granularity"],
+                             int(r.tags["n_prune"]), r.tags["method"], r.tags["estimator"]))
+    out: dict[str, tuple[str, str, tuple[int, ...], bool]] = {}
+    for r in sels:
+        k = r.tags["plan_key"]
+        ref = r.tags.get("reference") == "1"
+        if k not in out or (ref and not out[k][3]):
+            out[k] = (k, r.tags["granularity"], parse_blocks(r.tags["blocks"]), ref)
+    return sorted(out.values(), key=lambda v: not v[3])  # stable: reference plans first
+
+
+def _pruned(model: Any, resolved: Any, n_layers: int, granularity: str, blocks: tuple[int, ...]) -> Any:
+    from blockprune.models.apply import apply_plan
+    from blockprune.selection.plan import PrunePlan
+
+    pruned = copy.deepcopy(model)
+    apply_plan(pruned, PrunePlan(model_id=resolved.name, revision=resolved.revision, n_blocks=n_layers,
+                                 blocks=blocks, granularity=granularity, method="study"))  # type: ignore[arg-type]
+    return pruned
+
+
+def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadline, echo: Echo,
+                 models: dict[str, Any], stage: str) -> None:
+    """``stage`` "ppl-reference": perplexity of the dense model and the reference calibration's plans;
+    "ppl": of every distinct plan; "tasks": lm-eval, reference plans first."""
+    from blockprune.calibration.corpora import load_corpus
+    from blockprune.calibration.windows import heldout_windows
+    from blockprune.evaluation.cost import count_parameters
+    from blockprune.evaluation.perplexity import chunk_perplexity
+    from blockprune.models.adapters import adapter_for
+    from blockprune.models.zoo import load_model, load_tokenizer, resolve_model
+
+    ev = spec.evaluation
+    tasks_tag = ",".join(f"{t}:{lim or 'full'}" for t, lim in ev.tasks)
+    for m in spec.models:
+        plans = _plans(slog, spec, m)
+        done = slog.by_key("evaluation")
+        keys = [plan_key(m.name, "", None)] + [k for k, *_ in plans]
+        ref = {plan_key(m.name, "", None)} | {k for k, _, _, r in plans if r}
+        need_ppl = [k for k in keys if k not in done and (stage == "ppl" or k in ref)] if stage != "tasks" else []
+        need_tasks = [k for k in keys if ev.tasks and k in done and done[k].tags.get("tasks_done") != tasks_tag
+                      and (ev.lm_eval_scope == "all" or k in ref)] if stage == "tasks" else []
+        if not need_ppl and not need_tasks:
+            continue
+        if deadline.passed():
+            state.stopped_early = True
+            return
+        resolved = resolve_model(m.name)
+        tok = load_tokenizer(resolved)
+        if m.name not in models:
+            models[m.name] = load_model(m.name, dtype=spec.dtype)[0]
+        model = models[m.name]
+        n_layers = adapter_for(model).n_layers(model.config)
+        windows = {c: heldout_windows(tok, load_corpus(c), ev.seq_len, ev.windows) for c in ev.corpora}
+        info = {k: (g, b) for k, g, b, _ in plans}
+        run_ids = {k: r.run_id for k, r in done.items()}
+
+        def build(k: str, model: Any = model, resolved: Any = resolved, n_layers: int = n_layers,
+                  info: dict[str, tuple[str, tuple[int, ...]]] = info) -> Any:
+            if k.endswith(f"|{DENSE}"):
+                return model
+            g, b = info[k]
+            return _pruned(model, resolved, n_layers, g, b)
+
+        for k in need_ppl:
+            if deadline.passed():
+                state.stopped_early = True
+                return
+            t0 = time.perf_counter()
+            net = build(k)
+            metrics = {f"ppl.{c}": chunk_perplexity(net, w, batch_size=ev.batch_size, progress=False).perplexity
+                       for c, w in windows.items()}
+            params = count_parameters(net)
+            metrics |= {"params_total": float(params["total"]), "params_per_token": float(params["per_token"]),
+                        "ppl_seconds": time.perf_counter() - t0}
+            g, b = info.get(k, ("dense", ()))
+            rid = slog.start("evaluation", k, k, {"model": m.name, "granularity": g, "blocks": blocks_text(b),
+                                                   "n_prune": len(b), "plan_key": k})
+            slog.log(rid, metrics)
+            slog.finish(rid)
+            run_ids[k] = rid
+            state.evaluations += 1
+            echo(f"[study] {k}: perplexity " + ", ".join(f"{c} {metrics[f'ppl.{c}']:.2f}" for c in windows))
+        for k in need_tasks:
+            if deadline.passed():
+                state.stopped_early = True
+                return
+            t0 = time.perf_counter()
+            metrics = _lm_eval(build(k), tok, ev)
+            metrics["lm_eval_seconds"] = time.perf_counter() - t0
+            slog.log(run_ids[k], metrics, tags={"tasks_done": tasks_tag})
+            state.lm_evals += 1
+            echo(f"[study] {k}: lm-eval done in {metrics['lm_eval_seconds']:.0f} s")
+
+
+def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
+    from blockprune.evaluation.lm_eval_tasks import run_lm_eval
+
+    by_limit: dict[int | None, list[str]] = {}
+    for t, lim in ev.tasks:
+        by_limit.setdefault(lim, []).append(t)
+    out: dict[str, float] = {}
+    for lim, names in by_limit.items():
+        res = run_lm_eval(model, tokenizer, names, limit=lim, batch_size=ev.batch_size)
+        for task, vals in res.items():
+            for name, v in vals.items():
+                if isinstance(v, int | float) and not isinstance(v, bool):
+                    out[f"{task}.{name}"] = float(v)
+    return out
+
+
+def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None = None,
+              echo: Echo = print) -> tuple[Progress, list[RunRecord]]:
+    """Validate, select, evaluate; returns progress and every finished run of this study."""
+    from blockprune.study.spec import validate
+
+    validate(spec)  # before any model loads
+    slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
+    state, deadline = Progress(), Deadline(None if max_minutes is None else max_minutes * 60)
+    models: dict[str, Any] = {}
+    echo(f"[study] {spec.name} ({'quick' if spec.quick else 'full'} grid {spec.fingerprint}) → {tracking_uri}, "
+         f"experiment {spec.experiment!r}")
+    for step in ("select-reference", "ppl-reference", "select", "ppl", "tasks"):
+        if step.startswith("select"):
+            select_all(spec, slog, state, deadline, echo, models, reference=step == "select-reference")
+        else:
+            evaluate_all(spec, slog, state, deadline, echo, models, stage=step)
+        if state.stopped_early:
+            break
+    echo(f"[study] {state.selections} selections, {state.evaluations} perplexity and {state.lm_evals} lm-eval "
+         f"evaluations this run" + (" (stopped at the time budget; run again to resume)" if state.stopped_early
+                                    else ""))
+    return state, slog.runs()
+

@@ -1,0 +1,207 @@
+"""From the study's MLflow runs to the numbers the report prints: no MLflow, no formatting here.
+
+Definitions (the report repeats them):
+
+* accuracy of a task = ``acc_norm`` where the task defines it, else ``acc``; average accuracy = the mean over
+  the study's tasks, only for a plan with every task measured;
+* rel. = average accuracy of the pruned model / of the dense model × 100 (ShortGPT's "rel." column);
+* ppl× = geometric mean over the evaluation corpora of (pruned perplexity / dense perplexity);
+* stability = mean pairwise Jaccard |A∩B|/|A∪B| of the dropped blocks of one method × n_prune across
+  calibrations (all pairs; pairs that differ only in seed; pairs that differ only in corpus).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from blockprune.study.record import DENSE, RunRecord, method_id, parse_blocks, plan_key
+from blockprune.tracking.figures import jaccard
+
+NAMES = {
+    "shortgpt": "ShortGPT (BI)",
+    "sequential": "sequential",
+    "reverse": "reverse",
+    "relative_magnitude": "relative magnitude",
+    "angular": "angular distance",
+    "entrodrop/entropy.bucket": "EntroDrop · bucket",
+    "entrodrop/entropy.knn": "EntroDrop · KNN",
+    "entrodrop/entropy.renyi": "EntroDrop · Rényi",
+    "entrodrop/entropy.gaussian": "EntroDrop · Gaussian",
+    "mi_greedy/mi.ksg": "MI-PRUN greedy",
+    "mi_fbs/mi.ksg": "MI-PRUN FBS",
+    "mi_brute/mi.ksg": "MI-PRUN brute force",
+    "mi_greedy/mi.ksg[proj=none,standardize=none]": "MI-PRUN greedy · raw scale",
+    "mi_fbs/mi.ksg[proj=none,standardize=none]": "MI-PRUN FBS · raw scale",
+    "mi_brute/mi.ksg[proj=none,standardize=none]": "MI-PRUN brute force · raw scale",
+}
+
+
+def display(mid: str) -> str:
+    return NAMES.get(mid, mid)
+
+
+def task_accuracy(metrics: dict[str, float], task: str) -> float | None:
+    v = metrics.get(f"{task}.acc_norm", metrics.get(f"{task}.acc"))
+    return None if v is None else float(v)
+
+
+def geomean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+@dataclass
+class Selection:
+    run_id: str
+    model: str
+    corpus: str
+    seed: int
+    reference: bool
+    method: str  # method id (method/estimator)
+    granularity: str
+    n_prune: int
+    blocks: tuple[int, ...]
+    plan_key: str
+    scoring_seconds: float
+    exact_scores: int
+
+
+@dataclass
+class Evaluation:
+    run_id: str
+    plan_key: str
+    metrics: dict[str, float]
+
+    def ppl(self, corpus: str) -> float | None:
+        return self.metrics.get(f"ppl.{corpus}")
+
+
+@dataclass
+class Row:
+    """One method at one (model, granularity, n_prune): reference plan + what all calibrations say."""
+
+    method: str
+    blocks: tuple[int, ...]
+    selection_run: str
+    evaluation_run: str | None
+    ppl: dict[str, float]
+    ppl_ratio: float | None
+    ppl_ratio_all: list[float]
+    accuracy: dict[str, float]
+    avg_acc: float | None
+    rel: float | None
+    stability: float | None
+    n_calibrations: int
+
+
+@dataclass
+class Study:
+    selections: list[Selection]
+    evaluations: dict[str, Evaluation]
+    calibrations: list[RunRecord]
+    tasks: list[str]
+    corpora: list[str]
+    models: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_runs(cls, runs: Sequence[RunRecord], tasks: Sequence[str], corpora: Sequence[str],
+                  models: Sequence[str]) -> Study:
+        sels, evals, cals = [], {}, []
+        for r in sorted(runs, key=lambda r: r.metrics.get("logged_at", 0.0)):
+            t = r.tags
+            if r.kind == "selection":
+                sels.append(Selection(
+                    r.run_id, t["model"], t["corpus"], int(t["seed"]), t.get("reference") == "1",
+                    t.get("label") or method_id(t["method"], t.get("estimator")), t["granularity"], int(t["n_prune"]),
+                    parse_blocks(t["blocks"]), t["plan_key"], r.metrics.get("scoring_seconds", float("nan")),
+                    int(r.metrics.get("exact_scores", 0))))
+            elif r.kind == "evaluation":
+                evals[r.key] = Evaluation(r.run_id, r.key, dict(r.metrics))
+            elif r.kind == "calibration":
+                cals.append(r)
+        return cls(sels, evals, cals, list(tasks), list(corpora), list(models))
+
+    # ------------------------------------------------------------------------------------------- dense
+    def dense(self, model: str) -> Evaluation | None:
+        return self.evaluations.get(plan_key(model, "", None))
+
+    def avg_accuracy(self, ev: Evaluation | None) -> float | None:
+        if ev is None or not self.tasks:
+            return None
+        accs = [task_accuracy(ev.metrics, t) for t in self.tasks]
+        return None if any(a is None for a in accs) else sum(accs) / len(accs)  # type: ignore[arg-type]
+
+    def ppl_ratio(self, model: str, ev: Evaluation | None) -> float | None:
+        dense = self.dense(model)
+        if ev is None or dense is None:
+            return None
+        pairs = [(ev.ppl(c), dense.ppl(c)) for c in self.corpora]
+        if any(p is None or d is None for p, d in pairs):
+            return None
+        return geomean([p / d for p, d in pairs])  # type: ignore[operator]
+
+    # ------------------------------------------------------------------------------------------ tables
+    def cells(self, model: str, granularity: str) -> list[int]:
+        return sorted({s.n_prune for s in self.selections if s.model == model and s.granularity == granularity})
+
+    def methods(self, model: str, granularity: str) -> list[str]:
+        return list(dict.fromkeys(s.method for s in self.selections
+                                  if s.model == model and s.granularity == granularity))
+
+    def plans(self, model: str, granularity: str, method: str, n_prune: int) -> list[Selection]:
+        return [s for s in self.selections if s.model == model and s.granularity == granularity
+                and s.method == method and s.n_prune == n_prune]
+
+    def rows(self, model: str, granularity: str, n_prune: int) -> list[Row]:
+        dense = self.dense(model)
+        dense_acc = self.avg_accuracy(dense)
+        out = []
+        for mid in self.methods(model, granularity):
+            plans = self.plans(model, granularity, mid, n_prune)
+            ref = next((s for s in plans if s.reference), None)
+            if ref is None:
+                continue
+            ev = self.evaluations.get(ref.plan_key)
+            accs = {t: a for t in self.tasks if ev and (a := task_accuracy(ev.metrics, t)) is not None}
+            avg = self.avg_accuracy(ev)
+            ratios = [r for s in plans if (r := self.ppl_ratio(model, self.evaluations.get(s.plan_key))) is not None]
+            out.append(Row(
+                method=mid, blocks=ref.blocks, selection_run=ref.run_id, evaluation_run=ev.run_id if ev else None,
+                ppl={c: v for c in self.corpora if ev and (v := ev.ppl(c)) is not None},
+                ppl_ratio=self.ppl_ratio(model, ev), ppl_ratio_all=ratios, accuracy=accs, avg_acc=avg,
+                rel=None if avg is None or not dense_acc else 100.0 * avg / dense_acc,
+                stability=stability([s.blocks for s in plans]) if len(plans) > 1 else None,
+                n_calibrations=len(plans)))
+        return out
+
+    def stability_split(self, model: str, granularity: str, method: str, n_prune: int) -> dict[str, float | None]:
+        """Mean Jaccard over all pairs, over pairs with the same corpus (seed differs), same seed (corpus differs)."""
+        plans = self.plans(model, granularity, method, n_prune)
+        pairs = list(itertools.combinations(plans, 2))
+        seed_pairs = [(a, b) for a, b in pairs if a.corpus == b.corpus]
+        corpus_pairs = [(a, b) for a, b in pairs if a.seed == b.seed]
+
+        def mean(ps: list[tuple[Selection, Selection]]) -> float | None:
+            return sum(jaccard(a.blocks, b.blocks) for a, b in ps) / len(ps) if ps else None
+
+        return {"all": mean(pairs), "seeds": mean(seed_pairs), "corpora": mean(corpus_pairs)}
+
+    def exact_scores(self, model: str, n_prune: int) -> dict[str, float]:
+        """Mean exact MI scores per MI-PRUN method (over calibrations) at one n_prune."""
+        out = {}
+        for mid in ("mi_greedy/mi.ksg", "mi_fbs/mi.ksg", "mi_brute/mi.ksg"):  # the default KSG pipeline
+            vals = [s.exact_scores for s in self.plans(model, "layer", mid, n_prune)]
+            if vals:
+                out[mid] = sum(vals) / len(vals)
+        return out
+
+
+def stability(blocks: Sequence[Sequence[int]]) -> float:
+    pairs = list(itertools.combinations(blocks, 2))
+    return sum(jaccard(a, b) for a, b in pairs) / len(pairs) if pairs else 1.0
+
+
+def dense_key(model: str) -> str:
+    return f"{model}|{DENSE}"

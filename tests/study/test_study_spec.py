@@ -1,0 +1,69 @@
+"""Study specs: the shipped ones load and validate; bad ones fail with a clear message before any model runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from blockprune.study.spec import StudySpecError, default_spec_path, load_spec, parse_spec, validate
+
+
+def _spec(**over: Any) -> dict[str, Any]:
+    d: dict[str, Any] = {"models": {"smollm2-135m": {"layer": [2]}}, "methods": {"layer": ["shortgpt"]},
+                         "calibration": {"corpora": ["wikipedia"], "seeds": [0], "n_samples": 4, "seq_len": 64}}
+    d.update(over)
+    return d
+
+
+def test_shipped_specs_cover_the_issue_grid() -> None:
+    full, quick = load_spec(default_spec_path(False)), load_spec(default_spec_path(True))
+    assert not full.quick and quick.quick and full.fingerprint != quick.fingerprint
+    grids = {m.name: (m.layer, m.attention) for m in full.models}
+    assert grids == {"smollm2-135m": ((2, 4, 6, 8), (4, 8, 12)), "gemma3-270m": ((2, 3, 4, 5), (3, 6, 9))}
+    assert full.corpora == ("wikipedia", "lambada", "lee-news") and full.seeds == (0, 1)
+    assert (full.n_samples, full.seq_len) == (128, 256)
+    layer = {m.label for m in full.layer_methods}
+    assert {"shortgpt", "sequential", "reverse", "relative_magnitude", "angular", "entrodrop/entropy.bucket",
+            "entrodrop/entropy.knn", "entrodrop/entropy.renyi", "mi_greedy/mi.ksg", "mi_fbs/mi.ksg",
+            "mi_brute/mi.ksg", "mi_greedy/mi.ksg[proj=none,standardize=none]",
+            "mi_fbs/mi.ksg[proj=none,standardize=none]", "mi_brute/mi.ksg[proj=none,standardize=none]"} == layer
+    assert {"entrodrop/entropy.bucket", "entrodrop/entropy.knn", "entrodrop/entropy.renyi"} <= {
+        m.label for m in full.attention_methods}
+    assert {t for t, _ in full.evaluation.tasks} == {"piqa", "winogrande", "arc_easy", "arc_challenge", "hellaswag",
+                                                     "boolq", "openbookqa", "commonsense_qa", "mmlu"}
+    assert full.calibrations()[0].corpus == "wikipedia" and full.calibrations()[0].seed == 0
+    assert len(full.trials(full.models[0])) == 14 * 4 + 4 * 3
+
+
+def test_validate_reports_depths() -> None:
+    assert validate(load_spec(default_spec_path(True))) == {"smollm2-135m": 30, "gemma3-270m": 18}
+
+
+@pytest.mark.parametrize(("over", "match"), [
+    ({"colour": 1}, "unknown key"),
+    ({"models": {}}, "no models"),
+    ({"models": {"smollm2-135m": {}}}, "needs 'layer'"),
+    ({"models": {"smollm2-135m": {"layer": ["two"]}}}, "list of integers"),
+    ({"evaluation": {"tasks": {"piqa": 0}}}, "positive integer"),
+    ({"evaluation": {"lm_eval_scope": "some"}}, "lm_eval_scope"),
+    ({"capture": {"store_dtype": "int8"}}, "store_dtype"),
+    ({"methods": {"layers": ["shortgpt"]}}, "unknown key"),
+])
+def test_parse_errors(over: dict[str, Any], match: str) -> None:
+    with pytest.raises(StudySpecError, match=match):
+        parse_spec(_spec(**over))
+
+
+@pytest.mark.parametrize(("over", "match"), [
+    ({"models": {"smollm2-135m": {"layer": [30]}}}, "between 1 and 29"),
+    ({"methods": {"layer": ["shortgun"]}}, "shortgun"),
+    ({"methods": {"layer": ["entrodrop/mi.ksg"]}}, "entropy estimator"),
+    ({"methods": {"attention": ["mi_fbs/mi.ksg"]}, "models": {"smollm2-135m": {"attention": [2]}}}, "whole layers"),
+    ({"calibration": {"corpora": ["no-such-corpus"]}}, "no-such-corpus"),
+    ({"evaluation": {"tasks": ["piqa", "no_such_task"]}}, "no_such_task"),
+    ({"models": {"no-such-model": {"layer": [2]}}}, "no-such-model"),
+])
+def test_validate_errors_before_any_model_work(over: dict[str, Any], match: str) -> None:
+    with pytest.raises((ValueError, KeyError, OSError), match=match):
+        validate(parse_spec(_spec(**over)))

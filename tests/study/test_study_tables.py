@@ -1,0 +1,107 @@
+"""The study's derived numbers from hand-made runs: ratios, rel., stability, claims, coverage, rendering."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from blockprune.study.record import RunRecord, calibration_key, plan_key, trial_key
+from blockprune.study.report import render, summary_section
+from blockprune.study.spec import parse_spec
+from blockprune.study.tables import Study, stability
+
+MODEL = "m"
+CORPORA = ["a", "b"]
+TASKS = ["piqa", "boolq"]
+
+
+def _sel(i: int, corpus: str, seed: int, method: str, est: str | None, n: int, blocks: tuple[int, ...],
+         gran: str = "layer", exact: int = 0) -> RunRecord:
+    ck = calibration_key(MODEL, corpus, seed, 8, 64)
+    tags = {"study.kind": "selection", "study.key": trial_key(ck, method, est, gran, n), "model": MODEL,
+            "corpus": corpus, "seed": str(seed), "reference": str(int(corpus == "a" and seed == 0)),
+            "method": method, "estimator": est or "none", "granularity": gran, "n_prune": str(n),
+            "blocks": ",".join(map(str, blocks)), "plan_key": plan_key(MODEL, gran, blocks)}
+    return RunRecord(f"sel{i:05d}xxxx", tags, {"scoring_seconds": 1.5, "exact_scores": float(exact),
+                                               "logged_at": float(i)})
+
+
+def _eval(i: int, key: str, ppl_a: float, ppl_b: float, piqa: float | None = None,
+          boolq: float | None = None) -> RunRecord:
+    m = {"ppl.a": ppl_a, "ppl.b": ppl_b, "params_total": 1e6, "logged_at": float(100 + i)}
+    if piqa is not None:
+        m["piqa.acc"], m["piqa.acc_norm"] = piqa - 0.1, piqa  # acc_norm wins where defined
+    if boolq is not None:
+        m["boolq.acc"] = boolq
+    return RunRecord(f"ev{i:06d}yyyy", {"study.kind": "evaluation", "study.key": key}, m)
+
+
+@pytest.fixture
+def study() -> Study:
+    runs = [
+        _sel(1, "a", 0, "shortgpt", None, 2, (3, 4)),
+        _sel(2, "b", 0, "shortgpt", None, 2, (3, 5)),
+        _sel(3, "a", 1, "shortgpt", None, 2, (3, 4)),
+        _sel(4, "a", 0, "entrodrop", "entropy.knn", 2, (1, 2)),
+        _sel(5, "b", 0, "entrodrop", "entropy.knn", 2, (1, 2)),
+        _sel(6, "a", 1, "entrodrop", "entropy.knn", 2, (6, 7)),
+        _sel(7, "a", 0, "mi_fbs", "mi.ksg", 2, (3, 4), exact=11),
+        _sel(8, "a", 0, "mi_brute", "mi.ksg", 2, (3, 4), exact=17),
+        _eval(1, plan_key(MODEL, "", None), 10.0, 20.0, 0.8, 0.6),
+        _eval(2, plan_key(MODEL, "layer", (3, 4)), 20.0, 80.0, 0.6, 0.6),
+        _eval(3, plan_key(MODEL, "layer", (3, 5)), 40.0, 40.0),
+        _eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0, 0.7, 0.7),
+        _eval(5, plan_key(MODEL, "layer", (6, 7)), 30.0, 60.0),
+    ]
+    return Study.from_runs(runs, TASKS, CORPORA, [MODEL])
+
+
+def test_rows_ratios_accuracy_rel_and_stability(study: Study) -> None:
+    rows = {r.method: r for r in study.rows(MODEL, "layer", 2)}
+    assert list(rows) == ["shortgpt", "entrodrop/entropy.knn", "mi_fbs/mi.ksg", "mi_brute/mi.ksg"]
+    sg = rows["shortgpt"]
+    assert sg.blocks == (3, 4) and sg.evaluation_run == "ev000002yyyy"
+    assert sg.ppl == {"a": 20.0, "b": 80.0}
+    assert sg.ppl_ratio == pytest.approx(math.sqrt(2.0 * 4.0))  # geometric mean of 20/10 and 80/20
+    assert sorted(sg.ppl_ratio_all) == pytest.approx(sorted([math.sqrt(8.0), math.sqrt(8.0), math.sqrt(4 * 2)]))
+    assert sg.avg_acc == pytest.approx(0.6)  # piqa acc_norm 0.6, boolq acc 0.6
+    assert sg.rel == pytest.approx(100 * 0.6 / 0.7)  # dense: (0.8 + 0.6) / 2
+    # plans (3,4), (3,5), (3,4): Jaccard 1/3, 1/3, 1
+    assert sg.stability == pytest.approx((1 / 3 + 1 / 3 + 1) / 3)
+    ed = rows["entrodrop/entropy.knn"]
+    assert ed.ppl_ratio == pytest.approx(1.5) and ed.rel == pytest.approx(100.0)
+    assert ed.stability == pytest.approx((1 + 0 + 0) / 3)
+
+
+def test_stability_split_seeds_vs_corpora(study: Study) -> None:
+    s = study.stability_split(MODEL, "layer", "entrodrop/entropy.knn", 2)
+    assert s["seeds"] == pytest.approx(0.0)  # a/s0 (1,2) vs a/s1 (6,7)
+    assert s["corpora"] == pytest.approx(1.0)  # a/s0 vs b/s0, both (1,2)
+    assert stability([(1, 2)]) == 1.0
+
+
+def test_missing_task_gives_no_average(study: Study) -> None:
+    ev = study.evaluations[plan_key(MODEL, "layer", (3, 5))]
+    assert study.avg_accuracy(ev) is None
+    assert study.exact_scores(MODEL, 2) == {"mi_fbs/mi.ksg": 11.0, "mi_brute/mi.ksg": 17.0}
+
+
+def test_summary_counts_claims(study: Study) -> None:
+    text = "\n".join(summary_section(study))
+    assert "lowest perplexity: EntroDrop · KNN (ppl× 1.50)" in text
+    assert "*EntroDrop beats ShortGPT's BI* (best of its entropy estimators, lower perplexity): holds in 1 of 1" in text
+    assert "*MI-PRUN beats ShortGPT* (best of greedy / FBS / brute force): holds in 0 of 1" in text
+
+
+def test_render_names_runs_and_flags_partial(study: Study, tmp_path: Path) -> None:
+    spec = parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}},
+                       "calibration": {"corpora": ["a", "b"], "seeds": [0, 1], "n_samples": 8, "seq_len": 64},
+                       "methods": {"layer": ["shortgpt", "entrodrop/entropy.knn", "mi_fbs/mi.ksg", "mi_brute/mi.ksg"]},
+                       "evaluation": {"tasks": {"piqa": 5, "boolq": 5}}})
+    text = render(study, spec, [], tmp_path, "figs", "cmd", {MODEL: 8})
+    assert "> **Partial results.** 8 of 16 selections" in text
+    assert "| ShortGPT (BI) | 3 4 | 20.00 | 80.00 | 2.83 |" in text
+    assert "`ev000002`" in text
+    assert (tmp_path / "m-layer-ppl.png").stat().st_size > 1000
