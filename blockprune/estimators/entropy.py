@@ -5,9 +5,10 @@ layers are used:
 
 =============  ============================================================================================
 bucket         Sum over dimensions of the *discrete* entropy of a per-dimension histogram whose range is
-               the data's min..max. Invariant to a shift and a positive (or negative) scale of each
-               dimension separately and to permuting dimensions; not to rotations. Ignores all dependence
-               between dimensions (a sum of marginals, an upper bound on the joint), bounded by d log(bins).
+               the data's min..max (or, with ``clip``, a trimmed quantile range). Invariant to a shift and a
+               positive (or negative) scale of each dimension separately and to permuting dimensions; not
+               to rotations. Ignores all dependence between dimensions (a sum of marginals, an upper bound
+               on the joint), bounded by d log(bins).
 knn            Kozachenko-Leonenko differential entropy. Translation and rotation invariant; under x → a x
                it moves by exactly d log|a|: ΔH = d Δ<log r_k>, so it follows the residual-stream norm
                growth from layer to layer unless standardize is on. Needs distinct points (dedup + jitter).
@@ -46,29 +47,44 @@ def _plain(standardize: Standardize, proj: Proj, p: int, seed: int) -> Options:
 
 @ESTIMATORS.register("entropy.bucket")
 def bucket(
-    x: Any, y: Any = None, *, bins: int = 64, standardize: Standardize = False, proj: Proj = "none",
-    p: int = 16, seed: int = 0,
+    x: Any, y: Any = None, *, bins: int = 64, clip: float = 0.0, standardize: Standardize = False,
+    proj: Proj = "none", p: int = 16, seed: int = 0,
 ) -> float:
     """Histogram ("bucket") entropy, EntroDrop-style: a SUM OF MARGINAL entropies, one per dimension.
 
     Each dimension gets ``bins`` equal-width bins spanning its own min..max (a constant one counts 0).
     Discrete entropy of the bin frequencies, so it has no bin-width term and is not a differential entropy.
+
+    ``clip``: fraction of each dimension trimmed at *each* tail before its range is taken, in [0, 0.5). The
+    bins then span the clip and 1 - clip quantiles (numpy's linear interpolation) and values outside fall
+    into the two edge bins. 0 (the default) is the paper's min..max. Why: a few massive activations stretch
+    min..max so far that almost all values share a handful of bins; on a smollm2 store the split-half
+    Spearman rho of the ΔH ranking was 0.946 with min..max and 0.971 with clip=0.005. The shift, scale and
+    permutation invariances hold for any clip. A dimension whose clipped range is empty (more than
+    1 - 2 clip of it is one value) keeps its min..max, so its rare other values are not all binned together.
     """
     only_x(y, "entropy.bucket")
     if isinstance(bins, bool) or not isinstance(bins, int | np.integer) or bins < 2:
         raise ValueError(f"bins must be an integer >= 2; got {bins!r}")
+    if isinstance(clip, bool) or not isinstance(clip, int | float | np.floating) or not 0.0 <= clip < 0.5:
+        raise ValueError(f"clip must be a fraction in [0, 0.5); got {clip!r}")
     a, fmt = as_float_array(x, "x")
     z = prepare_single(a, fmt, _plain(standardize, proj, p, seed))
     n, d = z.shape
     lo, hi = z.min(axis=0), z.max(axis=0)
+    if clip > 0:
+        qlo, qhi = np.quantile(z, [clip, 1.0 - clip], axis=0)
+        inner = qhi > qlo
+        lo, hi = np.where(inner, qlo, lo), np.where(inner, qhi, hi)
     width = hi - lo
     inv = np.where(width > 0, bins / np.where(width > 0, width, 1.0), 0.0)
     offsets = np.arange(d, dtype=np.int64) * bins
     counts = np.zeros(d * bins, dtype=np.int64)
     for s in range(0, n, _CHUNK):
-        idx = np.floor((z[s : s + _CHUNK] - lo) * inv).astype(np.int64)
-        np.clip(idx, 0, bins - 1, out=idx)
-        counts += np.bincount((idx + offsets).ravel(), minlength=d * bins)
+        t = (z[s : s + _CHUNK] - lo) * inv
+        np.floor(t, out=t)
+        np.clip(t, 0, bins - 1, out=t)  # before the integer cast, so far outliers cannot overflow it
+        counts += np.bincount((t.astype(np.int64) + offsets).ravel(), minlength=d * bins)
     prob = counts[counts > 0] / n
     return float(-np.sum(prob * np.log(prob)))
 

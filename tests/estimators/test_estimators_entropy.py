@@ -84,6 +84,63 @@ def test_bucket_is_a_sum_of_marginals(rng: np.random.Generator) -> None:
         entropy.bucket(x, bins=1)
 
 
+def bucket_reference(x: np.ndarray, bins: int, clip: float = 0.0) -> float:
+    """Independent per-dimension np.histogram version: range = min..max, or the clip / 1 - clip quantiles
+    with values outside moved onto the range ends (an empty clipped range keeps min..max)."""
+    total = 0.0
+    for col in x.T:
+        lo, hi = col.min(), col.max()
+        if clip > 0:
+            qlo, qhi = np.quantile(col, [clip, 1 - clip])
+            if qhi > qlo:
+                lo, hi = qlo, qhi
+        if hi == lo:
+            continue
+        counts, _ = np.histogram(np.clip(col, lo, hi), bins=bins, range=(lo, hi))
+        prob = counts[counts > 0] / len(col)
+        total -= float(np.sum(prob * np.log(prob)))
+    return total
+
+
+@pytest.mark.parametrize("clip", [0.0, 0.005, 0.05])
+def test_bucket_matches_histogram_reference(clip: float, rng: np.random.Generator) -> None:
+    x = rng.standard_normal((3000, 5)) * np.array([1.0, 10.0, 0.1, 1.0, 3.0])
+    x[:4, 0] = 1e3  # massive activations in one dimension
+    assert entropy.bucket(x, bins=32, clip=clip) == pytest.approx(bucket_reference(x, 32, clip), abs=1e-12)
+
+
+def test_bucket_clip_zero_is_min_max() -> None:
+    x = np.random.default_rng(3).standard_normal((2000, 4))
+    assert entropy.bucket(x, clip=0.0) == entropy.bucket(x)  # the default is the paper's min..max
+    assert entropy.bucket(x, clip=0) == entropy.bucket(x)
+
+
+def test_bucket_clip_invariances_and_outliers(rng: np.random.Generator) -> None:
+    x = rng.standard_normal((3000, 6))
+    h = entropy.bucket(x, bins=32, clip=0.01)
+    assert entropy.bucket(3.7 * x + 11.0, bins=32, clip=0.01) == pytest.approx(h, abs=1e-12)
+    scales = np.exp(rng.uniform(-2, 2, size=6))
+    assert entropy.bucket(x * scales - 5.0, bins=32, clip=0.01) == pytest.approx(h, abs=1e-12)
+    assert entropy.bucket(x[:, ::-1], bins=32, clip=0.01) == pytest.approx(h, abs=1e-12)
+    # a few massive values (0.1 % of rows) squeeze min..max bins; the clipped range ignores them
+    spiked = x.copy()
+    spiked[:3, 0] = 1e4
+    assert entropy.bucket(spiked, bins=32) < entropy.bucket(x, bins=32) - 1.0
+    assert entropy.bucket(spiked, bins=32, clip=0.005) == pytest.approx(
+        entropy.bucket(x, bins=32, clip=0.005), abs=0.01
+    )
+    # a dimension that is one value except for 0.2 % of rows: clipped range empty, so min..max is kept
+    sparse = np.zeros((3000, 1))
+    sparse[:6, 0] = 1.0
+    assert entropy.bucket(sparse, clip=0.01) == entropy.bucket(sparse) > 0
+
+
+@pytest.mark.parametrize("bad", [-0.1, 0.5, 0.7, float("nan"), True, "0.1", None])
+def test_bucket_clip_rejects_bad_values(bad: object) -> None:
+    with pytest.raises(ValueError, match="clip"):
+        entropy.bucket(np.zeros((10, 2)) + np.arange(10)[:, None], clip=bad)
+
+
 def simplex(n: int, scale: float = 1.0) -> np.ndarray:
     """n points with all pairwise distances equal (scale * sqrt(2))."""
     return scale * np.eye(n)

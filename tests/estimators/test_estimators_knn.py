@@ -9,9 +9,11 @@ from estimator_samples import noisy_pair
 from scipy.spatial import cKDTree
 
 from blockprune.estimators import knn, mi, preprocess
-from blockprune.estimators._validate import FORMATS
+from blockprune.estimators._validate import FORMATS, as_float_array
 
 pytestmark = pytest.mark.unit
+
+N_WIDE = 1500
 
 
 def brute_counts(x: np.ndarray, y: np.ndarray, k: int, norm: str) -> tuple[np.ndarray, np.ndarray]:
@@ -130,6 +132,66 @@ def test_unique_rows_and_robust_scale(rng: np.random.Generator) -> None:
     assert scale[0] == pytest.approx(1.0, rel=0.15)
     assert scale[1] == 1.0 and center[1] == 3.0  # constant column: no division by zero
     assert scale[2] == pytest.approx(a[:, 2].std())  # IQR and MAD are 0: falls back to the s.d.
+
+
+def test_unique_rows_wide_and_hash_collisions(rng: np.random.Generator) -> None:
+    # rows that agree on every sampled column but differ elsewhere must survive; true duplicates must not
+    x = rng.standard_normal((400, 300)).astype(np.float32)
+    y = rng.standard_normal((400, 300)).astype(np.float32)
+    x[10], y[10] = x[3], y[3]  # joint duplicate
+    x[20], y[20] = x[4], y[4]
+    x[20, 1] += 1.0  # equal to row 4 except in column 1, which the 64-column hash does not sample
+    x[30], y[30] = x[5], y[5]
+    x[40], y[40] = x[6], y[6]
+    x[6, 7] = x[40, 7] = 0.0
+    x[40, 7] = -0.0  # -0.0 and 0.0 differ bytewise: kept, as np.unique on the raw rows did
+    keep = preprocess.unique_rows(x, y)
+    want = np.setdiff1d(np.arange(400), [10, 30])
+    np.testing.assert_array_equal(keep, want)
+    np.testing.assert_array_equal(preprocess._exact_unique([x, y]), want)  # the full-row definition
+    assert preprocess.unique_rows(x[want], y[want]) is None
+    many = np.repeat(rng.standard_normal((7, 90)), 50, axis=0)  # every row collides
+    np.testing.assert_array_equal(preprocess.unique_rows(many), np.arange(0, 350, 50))
+
+
+def test_quartiles_match_numpy(rng: np.random.Generator) -> None:
+    shapes = [(1, 3, np.float64), (257, 300, np.float32), (1000, 7, np.float64), (2, 513, np.float32)]
+    for n, d, dtype in shapes:
+        a = rng.standard_normal((n, d)).astype(dtype)
+        got = np.array(preprocess._quartiles(a))
+        want = np.percentile(a.astype(np.float64), [25, 50, 75], axis=0)
+        np.testing.assert_allclose(got, want, rtol=1e-15, atol=1e-15)  # numpy's lerp rounds differently
+
+
+def test_float32_storage_is_the_float64_result_rounded(rng: np.random.Generator) -> None:
+    a = (1e4 + rng.standard_normal((700, 70))).astype(np.float32)  # a large offset: centred before rounding
+    opts = preprocess.Options()
+    z64 = preprocess.standardize_and_jitter(a, FORMATS["float32"], opts, np.random.default_rng(1))
+    z32 = preprocess.standardize_and_jitter(a, FORMATS["float32"], opts, np.random.default_rng(1), np.float32)
+    assert z32.dtype == np.float32
+    np.testing.assert_array_equal(z32, z64.astype(np.float32))
+    x = rng.standard_normal((N_WIDE, 64)).astype(np.float32)
+    y = x + rng.standard_normal(x.shape).astype(np.float32)
+    ref = mi.ksg(x, y, proj="none")
+    assert mi.ksg(x + 1e4, y + 1e4, proj="none") == pytest.approx(ref, abs=0.01)
+    assert mi.ksg(x, y, proj="none", precision="float64") == pytest.approx(ref, abs=1e-3)
+
+
+def test_preprocessing_independent_of_thread_count(rng: np.random.Generator, monkeypatch) -> None:
+    # big enough that every stage uses the thread pool (quartile chunks, x || y, PCA and projection blocks)
+    x = rng.standard_normal((2500, 1100)).astype(np.float32)
+    y = (x + rng.standard_normal(x.shape)).astype(np.float32)
+    xa, xf = as_float_array(x)
+    ya, yf = as_float_array(y)
+    out = {}
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(preprocess, "default_threads", lambda t=threads: t)
+        for proj in ("pca", "none"):
+            out[threads, proj] = preprocess.prepare_pair(xa, xf, ya, yf, preprocess.Options(proj=proj), True)
+    for threads in (2, 3):
+        for proj in ("pca", "none"):
+            np.testing.assert_array_equal(out[threads, proj][0], out[1, proj][0])
+            np.testing.assert_array_equal(out[threads, proj][1], out[1, proj][1])
 
 
 def test_pca_bases(rng: np.random.Generator) -> None:

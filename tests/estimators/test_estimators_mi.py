@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -13,46 +16,110 @@ from blockprune.estimators import mi
 pytestmark = pytest.mark.unit
 
 N = 2000
+SEED = 20250101  # the one seed of every single-draw acceptance case (the constant of conftest's rng)
+STAT_SEEDS = [SEED + i for i in range(20)]  # the multi-draw checks; SEED itself is the first
 
 
-# A single N = 2000 draw has a sampling s.d. of 0.018-0.026 nats (measured over 200 seeds, the same as the
-# textbook cKDTree KSG), so one draw misses a 0.03 bar 6-25 % of the time whatever the implementation.
-# The bars below are therefore on the mean of REPS independent N = 2000 draws (s.d. < 0.01), plus a 4-s.d.
-# bar on every single draw.
-REPS = 8
+def draw(d: int, sigma: float | None, seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """One N = 2000 sample: Y = X + sigma * eps, or independent X, Y when sigma is None."""
+    rng = np.random.default_rng(seed)
+    if sigma is None:
+        return rng.standard_normal((N, d)), rng.standard_normal((N, d))
+    return noisy_pair(rng, N, d, sigma)
 
 
-def _draws(rng: np.random.Generator, fn, d: int, sigma: float | None) -> np.ndarray:
-    out = []
-    for _ in range(REPS):
-        if sigma is None:
-            x, y = rng.standard_normal((N, d)), rng.standard_normal((N, d))
-        else:
-            x, y = noisy_pair(rng, N, d, sigma)
-        out.append(fn(x, y))
-    return np.array(out)
+def rho(sigma: float) -> float:
+    return 1.0 / math.sqrt(1.0 + sigma**2)
 
 
-@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
-def test_ksg_d1_matches_closed_form(sigma: float, rng: np.random.Generator) -> None:
+# ---------------------------------------------------------------- acceptance (issue #3): one seeded draw each
+# Measured over 200 seeds (SEED + i), one N = 2000 KSG draw has a s.d. of 0.017-0.026 nats, so the 0.03 bar
+# is 1.2-1.8 s.d. and is missed 7-27 % of the time whatever the implementation. SEED is the repository's
+# constant, not a searched one; where its draw misses the stated bar the case is a strict xfail that says by
+# how much (the multi-draw checks further down show the estimator itself is fine there).
+SEED_MISSES = {  # d = 1: this draw has corr(x, eps) = +0.033 (1.5 s.d.) and var(eps) = 0.956, so its sample
+    # correlation exceeds rho (0.903 vs 0.894 at sigma = 0.5): every estimator, plug-in included, reads high
+    ("ksg", 1, 0.5): "KSG 0.851 vs truth 0.805 (+0.046); 200-seed mean 0.812, s.d. 0.026",
+    ("ksg", 1, 1.0): "KSG 0.382 vs truth 0.347 (+0.035); 200-seed mean 0.350, s.d. 0.025",
+    ("ksg", 8, None): "KSG 0.038 for independent X, Y at d = 8: 2.0 s.d. of one draw (s.d. 0.019)",
+    ("gaussian", 1, 0.5): "plug-in 0.844 vs truth 0.805 (+4.9 %); one draw's s.d. is rho/sqrt(N) = 2.5 %",
+    ("gaussian", 1, 1.0): "plug-in 0.380 vs truth 0.347 (+9.6 %); one draw's s.d. is 4.6 % of the truth",
+    ("gaussian", 1, 2.0): "plug-in 0.132 vs truth 0.112 (+18 %); one draw's s.d. is 9.0 % of the truth",
+}
+
+
+def _case(kind: str, d: int, sigma: float | None) -> Any:
+    reason = SEED_MISSES.get((kind, d, sigma))
+    marks = [pytest.mark.xfail(strict=True, reason=f"seed {SEED}: {reason}")] if reason else []
+    return pytest.param(d, sigma, marks=marks, id=f"d{d}-sigma{sigma}")
+
+
+@pytest.mark.parametrize(("d", "sigma"), [_case("ksg", 1, s) for s in (0.5, 1.0, 2.0)])
+def test_ksg_d1_single_draw_within_0_03(d: int, sigma: float) -> None:
     # defaults: p=16 >= d=1 so nothing is projected; robust z-scoring is harmless in 1-D
-    est = _draws(rng, mi.ksg, 1, sigma)
-    assert est.mean() == pytest.approx(true_mi(1, sigma), abs=0.03)
-    assert np.all(np.abs(est - true_mi(1, sigma)) < 0.1), est
+    x, y = draw(d, sigma)
+    assert mi.ksg(x, y) == pytest.approx(true_mi(d, sigma), abs=0.03)
+
+
+@pytest.mark.parametrize(("d", "sigma"), [_case("gaussian", d, s) for d in (1, 8) for s in (0.5, 1.0, 2.0)])
+def test_gaussian_baseline_single_draw_within_2_percent(d: int, sigma: float) -> None:
+    x, y = draw(d, sigma)
+    assert mi.gaussian(x, y) == pytest.approx(true_mi(d, sigma), rel=0.02)
+
+
+@pytest.mark.parametrize(("d", "sigma"), [_case("ksg", d, None) for d in (1, 8, 64)])
+def test_independent_single_draw_below_0_03(d: int, sigma: None) -> None:
+    x, y = draw(d, sigma)
+    assert abs(mi.ksg(x, y)) < 0.03
+
+
+# ---------------------------------------------------------------- the same cases over 20 fixed seeds
+# Bars from the 200-seed measurement, not from these 20 draws: one draw's s.d. is at most 0.026, so a
+# 20-draw mean has a standard error of at most 0.006 and must lie within 0.02 (3.4 s.e.) of the truth; the
+# draws' s.d. must stay below 0.04; and since 73-93 % of single draws meet the 0.03 bar, at least half of
+# 20 must (about 2.5 binomial s.d. below the worst case).
+@pytest.mark.parametrize(("d", "sigma"), [(1, 0.5), (1, 1.0), (1, 2.0), (1, None), (8, None), (64, None)])
+def test_ksg_over_20_seeds(d: int, sigma: float | None) -> None:
+    truth = 0.0 if sigma is None else true_mi(d, sigma)
+    est = np.array([mi.ksg(*draw(d, sigma, seed)) for seed in STAT_SEEDS])
+    err = est - truth
+    assert abs(err.mean()) < 0.02, est
+    assert est.std(ddof=1) < 0.04, est
+    assert np.mean(np.abs(err) < 0.03) >= 0.5, est
+
+
+@pytest.mark.parametrize("d", [1, 8])
+@pytest.mark.parametrize("sigma", [0.5, 1.0, 2.0])
+def test_gaussian_baseline_over_20_seeds(d: int, sigma: float) -> None:
+    # delta method: one draw's s.d. is sqrt(d) rho / sqrt(N), i.e. 2.5-9 % of the truth at d = 1, so a 2 %
+    # bar on one N = 2000 draw is a statement about luck there. The mean must sit within 3 standard errors
+    # of the truth plus the plug-in bias, and the spread must match the delta method.
+    sd = math.sqrt(d) * rho(sigma) / math.sqrt(N)
+    bias = 0.5 * (2 * mi.wishart_logdet_bias(d, N - 1) - mi.wishart_logdet_bias(2 * d, N - 1))
+    est = np.array([mi.gaussian(*draw(d, sigma, seed)) for seed in STAT_SEEDS])
+    assert abs(est.mean() - true_mi(d, sigma) - bias) < 3 * sd / math.sqrt(len(est)), est
+    assert 0.6 * sd < est.std(ddof=1) < 1.5 * sd, est
+
+
+def test_gaussian_bias_correction_is_unbiased() -> None:
+    # 200 draws at d = 8: the plug-in mean sits d^2 / (2N) = 0.016 nats (4.6 s.e.) above the truth, the
+    # corrected one within 3 s.e. of it
+    d, sigma = 8, 1.0
+    plug, corr = [], []
+    for i in range(200):
+        x, y = draw(d, sigma, SEED + i)
+        plug.append(mi.gaussian(x, y))
+        corr.append(mi.gaussian(x, y, bias_correct=True))
+    se = math.sqrt(d) * rho(sigma) / math.sqrt(N) / math.sqrt(200)
+    assert np.mean(plug) - true_mi(d, sigma) > 2 * se
+    assert abs(np.mean(corr) - true_mi(d, sigma)) < 3 * se
+    assert np.std(corr) == pytest.approx(np.std(plug), rel=1e-6)  # a constant shift: no less noise
 
 
 @pytest.mark.parametrize("kw", [{"variant": 2}, {"norm": "chebyshev"}, {"variant": 2, "backend": "numpy"}])
 def test_ksg_d1_other_forms(kw: dict, rng: np.random.Generator) -> None:
     x, y = noisy_pair(rng, N, 1, 1.0)
     assert mi.ksg(x, y, **kw) == pytest.approx(true_mi(1, 1.0), abs=0.05)
-
-
-@pytest.mark.parametrize("d", [1, 8])
-@pytest.mark.parametrize("sigma", [0.5, 1.0])
-def test_gaussian_baseline_within_2_percent(d: int, sigma: float, rng: np.random.Generator) -> None:
-    # N = 50 000: at N = 2000 the sampling s.d. of the plug-in estimate alone is 2.5-9 % in 1-D
-    x, y = noisy_pair(rng, 50_000, d, sigma)
-    assert mi.gaussian(x, y) == pytest.approx(true_mi(d, sigma), rel=0.02)
 
 
 def test_gaussian_baseline_affine_invariant_and_guarded(rng: np.random.Generator) -> None:
@@ -62,13 +129,6 @@ def test_gaussian_baseline_affine_invariant_and_guarded(rng: np.random.Generator
     with pytest.raises(ValueError, match="N > d_x"):
         mi.gaussian(x[:8], y[:8])
     assert mi.gaussian(x, x) == float("inf")
-
-
-@pytest.mark.parametrize("d", [1, 8, 64])
-def test_independent_is_near_zero(d: int, rng: np.random.Generator) -> None:
-    est = _draws(rng, mi.ksg, d, None)
-    assert abs(est.mean()) < 0.03
-    assert np.all(np.abs(est) < 0.1), est
 
 
 @pytest.mark.parametrize("d", [1, 8, 64])
@@ -185,3 +245,9 @@ def test_sliced(rng: np.random.Generator) -> None:
     assert abs(mi.sliced(x, y, n_slices=16, shared=False)) < dep / 3
     with pytest.raises(ValueError, match="shared"):
         mi.sliced(x, y[:, :8])
+
+
+def test_huge_float64_values_keep_their_estimate(rng: np.random.Generator) -> None:
+    """Dequantisation noise of a float64 source is built in float64: at |x| ~ 1e60 a float32 buffer overflowed."""
+    x, y = noisy_pair(rng, 500, 2, 1.0)
+    assert mi.ksg(x * 1e60, y * 1e60) == pytest.approx(mi.ksg(x, y), abs=1e-9)
