@@ -224,7 +224,51 @@ def cost_section(study: Study, spec: StudySpec) -> list[str]:
                                                                     "mi_brute/mi.ksg")]
                         + [f"{same}/{len(fbs)}" if fbs else "–"])
     lines += _table(hdr, rows) + [""]
+    lines += time_lines(study, spec)
     return lines
+
+
+def _mean(vals: list[float]) -> float | None:
+    return sum(vals) / len(vals) if vals else None
+
+
+def time_lines(study: Study, spec: StudySpec) -> list[str]:
+    """Measured seconds per unit of work, per model, and what the rest of the grid would take at that rate."""
+    lines = ["Wall time per unit of work on the machine that ran this study (means of the runs above), and the "
+             "time the unfinished part of the grid needs at those rates:", ""]
+    hdr = ["model", "capture s / calibration", "scoring s / calibration", "perplexity s / plan",
+           "lm-eval s / plan", "left: calibrations / plans (ppl) / plans (lm-eval)", "≈ hours left"]
+    rows = []
+    n_cal = len(spec.calibrations())
+    for m in study.models:
+        cals = [c for c in study.calibrations if c.tags.get("model") == m]
+        cap = _mean([c.metrics["capture_seconds"] for c in cals if c.metrics.get("capture_seconds")])
+        per_cal: dict[tuple[str, int], float] = {}
+        for s in study.selections:
+            if s.model == m:
+                per_cal[(s.corpus, s.seed)] = per_cal.get((s.corpus, s.seed), 0.0) + s.scoring_seconds
+        score = _mean(list(per_cal.values()))
+        keys = {s.plan_key for s in study.selections if s.model == m} | {f"{m}|dense"}
+        evs = [study.evaluations[k] for k in keys if k in study.evaluations]
+        ppl_s = _mean([e.metrics["ppl_seconds"] for e in evs if "ppl_seconds" in e.metrics])
+        lm_s = _mean([e.metrics["lm_eval_seconds"] for e in evs if "lm_eval_seconds" in e.metrics])
+        cal_left = n_cal - len(per_cal)
+        ppl_left = len(keys) - len(evs)
+        lm_left = len(keys) - sum(1 for e in evs if "lm_eval_seconds" in e.metrics) if study.tasks else 0
+        if spec.evaluation.lm_eval_scope == "reference":
+            ref = {s.plan_key for s in study.selections if s.model == m and s.reference} | {f"{m}|dense"}
+            lm_left = sum(1 for k in ref if not (k in study.evaluations
+                                                  and "lm_eval_seconds" in study.evaluations[k].metrics))
+        # plans of the calibrations not yet run: as many new distinct plans per calibration as so far
+        new_per_cal = (len(keys) - 1) / max(len(per_cal), 1)
+        est = None
+        if cap is not None and score is not None and ppl_s is not None:
+            more = cal_left * new_per_cal if spec.evaluation.lm_eval_scope == "all" else 0
+            est = (cal_left * (cap + score) + (ppl_left + cal_left * new_per_cal) * ppl_s
+                   + (lm_left + more) * (lm_s or 0.0)) / 3600
+        rows.append([m, fmt(cap, 0), fmt(score, 0), fmt(ppl_s, 1), fmt(lm_s, 0),
+                     f"{cal_left} / {ppl_left} / {lm_left}", fmt(est, 1)])
+    return lines + _table(hdr, rows) + [""]
 
 
 def _best(rows: list[Row], key: str) -> Row | None:

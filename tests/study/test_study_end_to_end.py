@@ -8,7 +8,6 @@ run stopped by its time budget says the report is partial.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
