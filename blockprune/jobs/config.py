@@ -23,6 +23,16 @@ DEFAULT_ESTIMATOR: dict[str, str | None] = {
 RUN_METHODS = ("angular", "mi_fbs", "mi_brute")  # score runs of whole layers
 
 
+def check_keys(d: Any, allowed: set[str], where: str, error: type[ValueError] = ValueError) -> dict[str, Any]:
+    """A spec section must be a mapping with known keys only; the message lists the allowed ones."""
+    if not isinstance(d, dict):
+        raise error(f"{where} must be a mapping, got {type(d).__name__}")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise error(f"unknown key(s) {unknown} in {where}; allowed: {', '.join(sorted(allowed))}")
+    return d
+
+
 @dataclass(frozen=True)
 class TrialSpec:
     """One selection to make from a capture: method × estimator × granularity × n_prune."""

@@ -131,12 +131,9 @@ class SweepSpec:
 
 
 def _check_keys(d: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise SpecError(f"{where} must be a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise SpecError(f"unknown key(s) {unknown} in {where}; allowed: {', '.join(sorted(allowed))}")
-    return d
+    from blockprune.jobs.config import check_keys
+
+    return check_keys(d, allowed, where, SpecError)
 
 
 def _as_list(v: Any) -> list[Any]:

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from blockprune.calibration.capture import CaptureSettings
-from blockprune.jobs.config import DEFAULT_ESTIMATOR, TrialSpec
+from blockprune.jobs.config import DEFAULT_ESTIMATOR, TrialSpec, check_keys
 from blockprune.selection.plan import CalibrationSettings
 from blockprune.study.record import method_id
 
@@ -118,19 +118,8 @@ class StudySpec:
                                          estimator_params=dict(m.params)))
         return out
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("raw")
-        return d
-
-
 def _keys(d: Any, allowed: set[str], where: str) -> dict[str, Any]:
-    if not isinstance(d, dict):
-        raise StudySpecError(f"{where} must be a mapping, got {type(d).__name__}")
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise StudySpecError(f"unknown key(s) {unknown} in {where}; allowed: {', '.join(sorted(allowed))}")
-    return d
+    return check_keys(d, allowed, where, StudySpecError)
 
 
 def _ints(v: Any, where: str) -> tuple[int, ...]:
