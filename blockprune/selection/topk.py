@@ -117,6 +117,11 @@ def _is_int(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+class TooFewBlocksError(ValueError):
+    """The method leaves fewer droppable blocks than asked for (e.g. EntroDrop's S_start lies late): a
+    property of the scores, so a sweep records it instead of failing."""
+
+
 def check_n_blocks(n_blocks: int) -> None:
     if not _is_int(n_blocks) or n_blocks < 2:
         raise ValueError(f"n_blocks must be an int >= 2, got {n_blocks!r}")
@@ -126,4 +131,4 @@ def check_n_prune(n_prune: int, available: int, what: str) -> None:
     if not _is_int(n_prune) or n_prune < 1:
         raise ValueError(f"n_prune must be an int >= 1, got {n_prune!r}")
     if n_prune > available:
-        raise ValueError(f"cannot drop {n_prune} blocks: only {available} {what}")
+        raise TooFewBlocksError(f"cannot drop {n_prune} blocks: only {available} {what}")

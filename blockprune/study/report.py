@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blockprune.study.record import StudyLog, export
+from blockprune.study.record import StudyLog, export, method_id
 from blockprune.study.spec import StudySpec
 from blockprune.study.tables import Row, Study, display, geomean
 
@@ -346,11 +346,23 @@ def summary_section(study: Study) -> list[str]:
     return lines
 
 
+def infeasible_section(study: Study) -> list[str]:
+    if not study.infeasible:
+        return []
+    lines = ["## Selections a method could not make", "",
+             "Recorded, not failed: the method's own rule leaves fewer droppable blocks than asked for.", ""]
+    rows = [[r.tags.get("model", ""), f"{r.tags.get('corpus')} seed {r.tags.get('seed')}",
+             display(r.tags.get("label") or method_id(r.tags.get("method", ""), r.tags.get("estimator"))),
+             r.tags.get("granularity", ""),
+             r.tags.get("n_prune", ""), r.tags["infeasible"], f"`{short(r.run_id)}`"] for r in study.infeasible]
+    return lines + _table(["model", "calibration", "method", "granularity", "n_prune", "why", "run"], rows) + [""]
+
+
 def coverage(study: Study, spec: StudySpec) -> dict[str, int]:
     keys = {s.plan_key for s in study.selections}
     with_tasks = [k for k in keys if k in study.evaluations and study.avg_accuracy(study.evaluations[k]) is not None]
     n_trials = sum(len(spec.trials(m)) for m in spec.models) * len(spec.calibrations())
-    return {"trials": n_trials, "selections": len(study.selections), "plans": len(keys),
+    return {"trials": n_trials, "selections": len(study.selections) + len(study.infeasible), "plans": len(keys),
             "plans_ppl": sum(1 for k in keys if k in study.evaluations), "plans_lm_eval": len(with_tasks)}
 
 
@@ -399,6 +411,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
               "sequential and reverse are fixed and left out.", ""]
     for m in study.models:
         lines += stability_section(study, m)
+    lines += infeasible_section(study)
     lines += cost_section(study, spec)
     lines += ["## Reproduce", "", "```bash", command, "```", "",
               f"Resumable: stores and scores are reused and finished runs skipped. Runs used: {len(runs)}.", ""]

@@ -69,6 +69,7 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
     """Capture (or reuse) the reference calibration's store (or the others') and make every selection."""
     from blockprune.jobs.runner import capture_or_reuse, make_plan, prepare, score_and_select, store_path
     from blockprune.models.zoo import load_model
+    from blockprune.selection.topk import TooFewBlocksError
 
     done = slog.by_key("selection")
     for m in spec.models:
@@ -99,17 +100,25 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
                               "sample_rows": float(store.n_rows)})
             for t in todo:
                 tkey = trial_key(ckey, t.method, t.estimator, t.granularity, t.n_prune, t.estimator_params)
+                tags = {"model": m.name, "corpus": cal.corpus, "seed": cal.seed, "reference": int(ci == 0),
+                        "method": t.method, "estimator": t.estimator or "none", "granularity": t.granularity,
+                        "label": method_id(t.method, t.estimator, t.estimator_params), "n_prune": t.n_prune,
+                        "store_checksum": store.checksum}
+                name = f"{m.name} {t.name} @{cal.corpus}/s{cal.seed}"
                 t0 = time.perf_counter()
-                sel, scores, run_scores, info = score_and_select(store, t)
+                try:
+                    sel, scores, run_scores, info = score_and_select(store, t)
+                except TooFewBlocksError as e:  # recorded: the report lists what a method could not select
+                    rid = slog.start("selection", tkey, name, tags | {"infeasible": str(e)}, parent=parent)
+                    slog.log(rid, {"scoring_seconds": time.perf_counter() - t0})
+                    slog.finish(rid)
+                    echo(f"[study] {tkey}: not selectable: {e}")
+                    continue
                 seconds = time.perf_counter() - t0
                 plan = make_plan(p, store, t, sel, scores, run_scores, info)
-                rid = slog.start("selection", tkey, f"{m.name} {t.name} @{cal.corpus}/s{cal.seed}", {
-                    "model": m.name, "corpus": cal.corpus, "seed": cal.seed, "reference": int(ci == 0),
-                    "method": t.method, "estimator": t.estimator or "none", "granularity": t.granularity,
-                    "label": method_id(t.method, t.estimator, t.estimator_params),
-                    "n_prune": t.n_prune, "blocks": blocks_text(plan.blocks),
-                    "plan_key": plan_key(m.name, t.granularity, plan.blocks), "store_checksum": store.checksum,
-                }, parent=parent)
+                rid = slog.start("selection", tkey, name, tags | {
+                    "blocks": blocks_text(plan.blocks), "plan_key": plan_key(m.name, t.granularity, plan.blocks)},
+                    parent=parent)
                 slog.log(rid, {"scoring_seconds": seconds, "exact_scores": float(sel.evaluations),
                                "n_blocks": float(plan.n_blocks)}, artifact=("plan.json", plan.to_dict()))
                 slog.finish(rid)
@@ -120,7 +129,7 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
 
 def _plans(slog: StudyLog, spec: StudySpec, m: ModelGrid) -> list[tuple[str, str, tuple[int, ...], bool]]:
     """(plan_key, granularity, blocks, from the reference calibration) in evaluation order."""
-    sels = [r for r in slog.runs("selection") if r.tags.get("model") == m.name]
+    sels = [r for r in slog.runs("selection") if r.tags.get("model") == m.name and "plan_key" in r.tags]
     order = {(c.corpus, c.seed): i for i, c in enumerate(spec.calibrations())}
     sels.sort(key=lambda r: (order.get((r.tags["corpus"], int(r.tags["seed"])), 99), r.tags["granularity"],
                              int(r.tags["n_prune"]), r.tags["method"], r.tags["estimator"]))

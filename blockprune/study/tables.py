@@ -104,14 +104,17 @@ class Study:
     tasks: list[str]
     corpora: list[str]
     models: list[str] = field(default_factory=list)
+    infeasible: list[RunRecord] = field(default_factory=list)  # selections a method could not make
 
     @classmethod
     def from_runs(cls, runs: Sequence[RunRecord], tasks: Sequence[str], corpora: Sequence[str],
                   models: Sequence[str]) -> Study:
-        sels, evals, cals = [], {}, []
+        sels, evals, cals, infeasible = [], {}, [], []
         for r in sorted(runs, key=lambda r: r.metrics.get("logged_at", 0.0)):
             t = r.tags
-            if r.kind == "selection":
+            if r.kind == "selection" and "infeasible" in t:
+                infeasible.append(r)
+            elif r.kind == "selection":
                 sels.append(Selection(
                     r.run_id, t["model"], t["corpus"], int(t["seed"]), t.get("reference") == "1",
                     t.get("label") or method_id(t["method"], t.get("estimator")), t["granularity"], int(t["n_prune"]),
@@ -121,7 +124,7 @@ class Study:
                 evals[r.key] = Evaluation(r.run_id, r.key, dict(r.metrics))
             elif r.kind == "calibration":
                 cals.append(r)
-        return cls(sels, evals, cals, list(tasks), list(corpora), list(models))
+        return cls(sels, evals, cals, list(tasks), list(corpora), list(models), infeasible)
 
     # ------------------------------------------------------------------------------------------- dense
     def dense(self, model: str) -> Evaluation | None:

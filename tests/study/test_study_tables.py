@@ -105,3 +105,28 @@ def test_render_names_runs_and_flags_partial(study: Study, tmp_path: Path) -> No
     assert "| ShortGPT (BI) | 3 4 | 20.00 | 80.00 | 2.83 |" in text
     assert "`ev000002`" in text
     assert (tmp_path / "m-layer-ppl.png").stat().st_size > 1000
+
+
+def test_infeasible_selection_is_listed_not_evaluated(study: Study, tmp_path: Path) -> None:
+    from blockprune.study.report import infeasible_section
+
+    bad = _sel(9, "b", 1, "entrodrop", "entropy.knn", 2, ())
+    bad.tags.pop("blocks"), bad.tags.pop("plan_key")
+    bad.tags["infeasible"] = "cannot drop 2 blocks: only 1 blocks after S_start"
+    s2 = Study.from_runs([*_runs(study), bad], TASKS, CORPORA, [MODEL])
+    assert len(s2.selections) == len(study.selections) and s2.infeasible == [bad]
+    assert [len(r.ppl_ratio_all) for r in s2.rows(MODEL, "layer", 2)] == [
+        len(r.ppl_ratio_all) for r in study.rows(MODEL, "layer", 2)]
+    text = "\n".join(infeasible_section(s2))
+    assert "| m | b seed 1 | EntroDrop · KNN | layer | 2 | cannot drop 2 blocks: only 1 blocks after S_start | `sel00009` |" in text
+
+
+def _runs(study: Study) -> list[RunRecord]:
+    sels = [RunRecord(s.run_id, {"study.kind": "selection", "study.key": s.run_id, "model": s.model,
+                                 "corpus": s.corpus, "seed": str(s.seed), "reference": str(int(s.reference)),
+                                 "method": s.method.split("/")[0], "label": s.method, "granularity": s.granularity,
+                                 "n_prune": str(s.n_prune), "blocks": ",".join(map(str, s.blocks)),
+                                 "plan_key": s.plan_key}, {"logged_at": 0.0}) for s in study.selections]
+    evs = [RunRecord(e.run_id, {"study.kind": "evaluation", "study.key": k}, e.metrics)
+           for k, e in study.evaluations.items()]
+    return sels + evs

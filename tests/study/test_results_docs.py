@@ -1,0 +1,58 @@
+"""The committed reports: every row's numbers equal the MLflow run it names (exported beside the report)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from blockprune.study.report import fmt
+from blockprune.study.tables import geomean
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+REPORTS = ["RESULTS.md", "RESULTS-quick.md"]
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and line.rstrip().endswith("` |")]
+
+
+def _header_before(text: str, row_line: str) -> list[str]:
+    lines = text.splitlines()
+    i = lines.index(row_line)
+    while not lines[i - 1].startswith("|---"):
+        i -= 1
+    return [c.strip() for c in lines[i - 2].strip().strip("|").split("|")]
+
+
+@pytest.mark.parametrize("name", REPORTS)
+def test_report_cells_match_their_runs(name: str) -> None:
+    text = (DOCS / name).read_text()
+    runs = json.loads((DOCS / name.removesuffix(".md").lower() / "runs.json").read_text())["runs"]
+    by_prefix = {r["run_id"][:8]: r for r in runs}
+    assert len(by_prefix) == len(runs)  # short ids are unambiguous
+    dense = {r["tags"]["study.key"].split("|")[0]: r for r in runs if r["tags"]["study.key"].endswith("|dense")}
+    checked = 0
+    for line in text.splitlines():
+        if not (line.startswith("| ") and line.rstrip().endswith("` |")):
+            continue
+        row = [c.strip() for c in line.strip().strip("|").split("|")]
+        run = by_prefix[row[-1].strip("`")]  # every cited run is in the export
+        hdr = _header_before(text, line)
+        kind = run["tags"]["study.kind"]
+        m = run["metrics"]
+        for col, cell in zip(hdr, row, strict=True):
+            if col.startswith("ppl ") and col != "ppl× all cal." and kind == "evaluation":
+                assert cell == fmt(m[f"ppl.{col[4:]}"]), (name, row, col)
+                checked += 1
+        if kind == "evaluation" and "ppl×" in hdr and row[0] != "dense":
+            model = run["tags"]["study.key"].split("|")[0]
+            corpora = [c[4:] for c in hdr if c.startswith("ppl ") and c != "ppl× all cal."]
+            ratio = geomean([m[f"ppl.{c}"] / dense[model]["metrics"][f"ppl.{c}"] for c in corpora])
+            assert row[hdr.index("ppl×")] == fmt(ratio)
+            blocks = run["tags"]["study.key"].split("|")[2].replace(",", " ")
+            assert row[hdr.index("dropped (ref.)")] == blocks
+            checked += 1
+    assert checked >= 20, f"only {checked} cells checked in {name}"
