@@ -109,7 +109,10 @@ class Study:
     @classmethod
     def from_runs(cls, runs: Sequence[RunRecord], tasks: Sequence[str], corpora: Sequence[str],
                   models: Sequence[str]) -> Study:
-        sels, evals, cals, infeasible = [], {}, [], []
+        sels: list[Selection] = []
+        evals: dict[str, Evaluation] = {}
+        cals: dict[str, RunRecord] = {}
+        infeasible: list[RunRecord] = []
         for r in sorted(runs, key=lambda r: r.metrics.get("logged_at", 0.0)):
             t = r.tags
             if r.kind == "selection" and "infeasible" in t:
@@ -123,8 +126,8 @@ class Study:
             elif r.kind == "evaluation":
                 evals[r.key] = Evaluation(r.run_id, r.key, dict(r.metrics))
             elif r.kind == "calibration":
-                cals.append(r)
-        return cls(sels, evals, cals, list(tasks), list(corpora), list(models), infeasible)
+                cals[r.key] = r  # a calibration resumed with new trials has one run per session; same store
+        return cls(sels, evals, list(cals.values()), list(tasks), list(corpora), list(models), infeasible)
 
     # ------------------------------------------------------------------------------------------- dense
     def dense(self, model: str) -> Evaluation | None:
