@@ -358,6 +358,28 @@ def infeasible_section(study: Study) -> list[str]:
     return lines + _table(["model", "calibration", "method", "granularity", "n_prune", "why", "run"], rows) + [""]
 
 
+def headline(study: Study, granularity: str = "layer") -> list[str]:
+    """Methods × (model, n_prune): ppl× of the reference plan, the best (lowest) in each column in bold."""
+    cols = [(m, n) for m in study.models for n in study.cells(m, granularity)]
+    if not cols:
+        return []
+    grid = {(m, n): {r.method: r for r in study.rows(m, granularity, n)} for m, n in cols}
+    methods = list(dict.fromkeys(mid for m in study.models for mid in study.methods(m, granularity)))
+    best = {c: min((r.ppl_ratio for r in grid[c].values() if r.ppl_ratio is not None), default=None) for c in cols}
+    rows = []
+    for mid in methods:
+        cells = [display(mid)]
+        for c in cols:
+            r = grid[c].get(mid)
+            v = None if r is None else r.ppl_ratio
+            cells.append("–" if v is None else (f"**{fmt(v)}**" if v == best[c] else fmt(v)))
+        rows.append(cells)
+    hdr = ["ppl× (reference plan)"] + [f"{m} −{n}" for m, n in cols]
+    return [f"**Headline ({granularity} pruning).** Perplexity ÷ dense (geometric mean over the evaluation "
+            "corpora) of each method's reference-calibration plan; lowest per column in bold.", ""] + \
+        _table(hdr, rows) + [""]
+
+
 def coverage(study: Study, spec: StudySpec) -> dict[str, int]:
     keys = {s.plan_key for s in study.selections}
     with_tasks = [k for k in keys if k in study.evaluations and study.avg_accuracy(study.evaluations[k]) is not None]
@@ -403,6 +425,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         "accuracy has a standard error of about ±0.07 and the average about ±0.025: read accuracy differences "
         "below that as ties; perplexity is the sharper signal.", "",
     ]
+    lines += headline(study, "layer") + headline(study, "attention")
     lines += summary_section(study)
     for m in study.models:
         lines += model_section(study, spec, m, n_blocks.get(m, 0), fig_dir, rel_dir)
