@@ -71,8 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not args.no_report:
         out = args.out or Path("docs") / ("RESULTS-quick.md" if spec.quick else "RESULTS.md")
-        path = write_report(spec, uri, out, command=" ".join(["python -m blockprune.jobs.study",
-                                                              *(argv if argv is not None else sys.argv[1:])]))
+        given = list(argv if argv is not None else sys.argv[1:])
+        shown = [a for a in given if a not in ("--report-only", "--no-report", "-v", "--verbose")]
+        path = write_report(spec, uri, out, command=" ".join(["python -m blockprune.jobs.study", *shown]))
         print(f"[study] report: {path}")
     return 0
 
