@@ -266,8 +266,10 @@ def time_lines(study: Study, spec: StudySpec) -> list[str]:
             more = cal_left * new_per_cal if spec.evaluation.lm_eval_scope == "all" else 0
             est = (cal_left * (cap + score) + (ppl_left + cal_left * new_per_cal) * ppl_s
                    + (lm_left + more) * (lm_s or 0.0)) / 3600
+        hours = fmt(est, 1) + (" + lm-eval (no rate measured yet)" if est is not None and lm_s is None and lm_left
+                               else "")
         rows.append([m, fmt(cap, 0), fmt(score, 0), fmt(ppl_s, 1), fmt(lm_s, 0),
-                     f"{cal_left} / {ppl_left} / {lm_left}", fmt(est, 1)])
+                     f"{cal_left} / {ppl_left} / {lm_left}", hours])
     return lines + _table(hdr, rows) + [""]
 
 
