@@ -14,11 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blockprune.study.record import StudyLog, export, method_id
+from blockprune.study.record import StudyLog, export, method_id, plan_key
 from blockprune.study.spec import StudySpec
 from blockprune.study.tables import Row, Study, display, geomean
-
-FAMILIES = {"EntroDrop": "entrodrop/", "MI-PRUN": "mi_"}
 
 
 def fmt(v: float | None, digits: int = 2) -> str:
@@ -248,7 +246,7 @@ def time_lines(study: Study, spec: StudySpec) -> list[str]:
             if s.model == m:
                 per_cal[(s.corpus, s.seed)] = per_cal.get((s.corpus, s.seed), 0.0) + s.scoring_seconds
         score = _mean(list(per_cal.values()))
-        keys = {s.plan_key for s in study.selections if s.model == m} | {f"{m}|dense"}
+        keys = {s.plan_key for s in study.selections if s.model == m} | {plan_key(m, "", None)}
         evs = [study.evaluations[k] for k in keys if k in study.evaluations]
         ppl_s = _mean([e.metrics["ppl_seconds"] for e in evs if "ppl_seconds" in e.metrics])
         lm_s = _mean([e.metrics["lm_eval_seconds"] for e in evs if "lm_eval_seconds" in e.metrics])
@@ -256,7 +254,7 @@ def time_lines(study: Study, spec: StudySpec) -> list[str]:
         ppl_left = len(keys) - len(evs)
         lm_left = len(keys) - sum(1 for e in evs if "lm_eval_seconds" in e.metrics) if study.tasks else 0
         if spec.evaluation.lm_eval_scope == "reference":
-            ref = {s.plan_key for s in study.selections if s.model == m and s.reference} | {f"{m}|dense"}
+            ref = {s.plan_key for s in study.selections if s.model == m and s.reference} | {plan_key(m, "", None)}
             lm_left = sum(1 for k in ref if not (k in study.evaluations
                                                   and "lm_eval_seconds" in study.evaluations[k].metrics))
         # plans of the calibrations not yet run: as many new distinct plans per calibration as so far

@@ -17,7 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from blockprune.study.record import DENSE, RunRecord, method_id, parse_blocks, plan_key
+from blockprune.study.record import RunRecord, method_id, parse_blocks, plan_key
 from blockprune.tracking.figures import jaccard
 
 NAMES = {
@@ -207,7 +207,3 @@ class Study:
 def stability(blocks: Sequence[Sequence[int]]) -> float:
     pairs = list(itertools.combinations(blocks, 2))
     return sum(jaccard(a, b) for a, b in pairs) / len(pairs) if pairs else 1.0
-
-
-def dense_key(model: str) -> str:
-    return f"{model}|{DENSE}"
