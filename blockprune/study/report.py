@@ -79,10 +79,11 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
             hi.append(max(span))
         if not xs:
             continue
+        color = plt.get_cmap("tab20")(i % 20)  # 14+ methods: 10 default colours would repeat
         style = "-" if i < 10 else "--"
-        ax.plot(xs, ys, style, marker="o", ms=4, lw=1.3, color=f"C{i % 10}", label=display(mid))
+        ax.plot(xs, ys, style, marker="o", ms=4, lw=1.3, color=color, label=display(mid))
         if what == "ppl" and any(h > low for h, low in zip(hi, lo, strict=True)):
-            ax.fill_between(xs, lo, hi, color=f"C{i % 10}", alpha=0.12, lw=0)
+            ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
     if what == "ppl":
         ax.set_yscale("log")
         ax.set_ylabel("perplexity ÷ dense (geo-mean over corpora)")
@@ -95,7 +96,7 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
     ax.set_xticks(cells)
     ax.grid(alpha=0.3)
     ax.set_title(f"{model}: {granularity} pruning", fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="best")
+    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
