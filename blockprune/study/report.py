@@ -63,10 +63,11 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
 
     fig, ax = plt.subplots(figsize=(7.2, 4.0))
     cells = study.cells(model, granularity)
+    by_n = {n: {r.method: r for r in study.rows(model, granularity, n)} for n in cells}  # once, not per method
     for i, mid in enumerate(study.methods(model, granularity)):
         xs, ys, lo, hi = [], [], [], []
         for n in cells:
-            row = next((r for r in study.rows(model, granularity, n) if r.method == mid), None)
+            row = by_n[n].get(mid)
             if row is None:
                 continue
             y = row.ppl_ratio if what == "ppl" else row.avg_acc
