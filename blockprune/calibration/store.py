@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STORE_FORMAT_VERSION = 1
@@ -174,3 +177,23 @@ class StoreWriter:
     def abort(self) -> None:
         self.arrays.clear()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def store_lock(path: Path) -> Any:
+    """A file lock beside the store: "capture once" holds across processes and jobs sharing a filesystem."""
+    from filelock import FileLock
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(path.with_name(path.name + ".lock")))
+
+
+def finished_store(path: Path) -> ActivationStore | None:
+    return ActivationStore.open(path) if (path / MANIFEST).exists() else None
+
+
+def clear_stale_partials(path: Path) -> None:
+    """Left-overs of crashed captures of this store. Call it under :func:`store_lock` only: without the
+    lock, another process's capture in progress would look the same."""
+    for d in path.parent.glob(path.name + ".partial-*"):
+        log.info("removing the partial capture %s left by a crashed run", d)
+        shutil.rmtree(d, ignore_errors=True)

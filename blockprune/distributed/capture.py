@@ -10,7 +10,8 @@ rewrite each other's pages. The statistic sums of the parts add up to the single
 Batches are aligned to the single-process batching, so every window sees the same batch
 composition as in one process; arrays match to float tolerance (bitwise on the same kernels).
 
-A file lock on the store path makes "capture once" hold across concurrent jobs: the second job
+A file lock on the store path (``calibration.store.store_lock``, shared with the single-process path)
+makes "capture once" hold across concurrent jobs: the second job
 waits, then finds the finished store and reuses it.
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,11 @@ import numpy as np
 
 from blockprune.calibration.capture import finish_manifest, sample_positions
 from blockprune.calibration.stats import BlockStats
-from blockprune.calibration.store import MANIFEST, ActivationStore, StoreWriter, boundary_name
+from blockprune.calibration.store import (
+    ActivationStore,
+    StoreWriter,
+    boundary_name,
+)
 
 log = logging.getLogger(__name__)
 
@@ -125,20 +129,6 @@ class SharedStoreWriter(StoreWriter):
         return super().commit(manifest)
 
 
-def store_lock(path: Path) -> Any:
-    from filelock import FileLock
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(path.with_name(path.name + ".lock")))
-
-
-def clear_stale_partials(path: Path) -> None:
-    """Left-overs of crashed captures of this store (called under the store lock)."""
-    for d in path.parent.glob(path.name + ".partial-*"):
-        log.info("removing the partial capture %s left by a crashed run", d)
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def capture_layout(p: Any) -> tuple[np.ndarray, list[str], int, int, bool]:
     """(positions, boundary names, n_layers, hidden, skip_first) exactly as the single-process capture."""
     from transformers import AutoConfig
@@ -193,5 +183,3 @@ def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, A
     return store
 
 
-def finished_store(path: Path) -> ActivationStore | None:
-    return ActivationStore.open(path) if (path / MANIFEST).exists() else None

@@ -23,12 +23,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from blockprune.distributed.capture import (
-    capture_with_actors,
-    clear_stale_partials,
-    finished_store,
-    store_lock,
-)
+from blockprune.calibration.store import clear_stale_partials, finished_store, store_lock
+from blockprune.distributed.capture import capture_with_actors
 from blockprune.distributed.cluster import ClusterInfo, InsufficientResourcesError, cluster_info
 from blockprune.distributed.model_actor import ActorPlacement, ModelGroup, resolve_num_gpus
 from blockprune.distributed.scoring import RayScoring, ScoringOptions

@@ -17,7 +17,7 @@ from typing import Any
 from blockprune.calibration.capture import capture, store_key
 from blockprune.calibration.corpora import Corpus, load_corpus
 from blockprune.calibration.scoring import StoreRunScorer, entropy_increase
-from blockprune.calibration.store import ActivationStore
+from blockprune.calibration.store import ActivationStore, clear_stale_partials, finished_store, store_lock
 from blockprune.calibration.windows import TokenWindows, calibration_windows, heldout_windows
 from blockprune.env import cache_dir
 from blockprune.jobs.config import RUN_METHODS, JobConfig, TrialSpec
@@ -125,14 +125,18 @@ def store_path(p: Prepared) -> Path:
 
 
 def capture_or_reuse(p: Prepared, model: Any, progress: bool = True) -> tuple[ActivationStore, bool]:
-    """(store, reused): a finished store with the same settings is reused, never recaptured."""
+    """(store, reused): a finished store with the same settings is reused, never recaptured.
+
+    Under the store's file lock, as the distributed path: a job that waits for another's capture of the
+    same store reuses it, and partial folders of crashed captures are removed before capturing anew."""
     path = store_path(p)
-    if (path / "manifest.json").exists():
-        store = ActivationStore.open(path)
-        log.info("reusing activation store %s (no recapture)", path)
-        return store, True
-    store = capture(model, p.adapter, p.windows, path, store_meta(p), p.job.capture, progress=progress)
-    return store, False
+    with store_lock(path):
+        store = finished_store(path)
+        if store is not None:
+            log.info("reusing activation store %s (no recapture)", path)
+            return store, True
+        clear_stale_partials(path)
+        return capture(model, p.adapter, p.windows, path, store_meta(p), p.job.capture, progress=progress), False
 
 
 def _default_run_scorer(store: ActivationStore, estimator: str, params: dict[str, Any], granularity: str) -> Any:

@@ -117,7 +117,7 @@ def test_killed_scoring_worker_is_retried(ray_faulty, reference, tmp_path) -> No
 
 
 def test_stale_partial_is_not_mistaken_for_a_store(tmp_path: Path) -> None:
-    from blockprune.distributed.capture import finished_store
+    from blockprune.calibration.store import finished_store
 
     (tmp_path / "s.partial-1").mkdir()
     assert finished_store(tmp_path / "s") is None

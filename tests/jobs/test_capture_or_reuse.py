@@ -1,0 +1,56 @@
+"""The single-process capture: under the store lock, reuses a finished store and clears crashed partials."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from blockprune.calibration.capture import CaptureSettings
+from blockprune.calibration.store import store_lock
+from blockprune.jobs.config import CalibrationSettings, EvalSettings, JobConfig, TrialSpec
+
+
+def _job(root: Path) -> JobConfig:
+    return JobConfig(model="smollm2-135m", calibration=CalibrationSettings("lee-news", 2, 32, 0),
+                     trials=(TrialSpec("shortgpt", 2),),
+                     capture=CaptureSettings(sample_rows=64, store_dtype="float32", batch_size=2),
+                     evaluation=EvalSettings(windows=1, batch_size=1), store_root=str(root))
+
+
+@pytest.mark.integration
+def test_crashed_partial_is_removed_and_the_store_reused(smollm2: Any, tmp_path: Path) -> None:
+    from blockprune.jobs.runner import capture_or_reuse, prepare, store_path
+
+    p = prepare(_job(tmp_path))
+    path = store_path(p)
+    stale = path.with_name(path.name + ".partial-999999")
+    (stale / "h_000.npy").parent.mkdir(parents=True)
+    (stale / "h_000.npy").write_bytes(b"half-written")
+    store, reused = capture_or_reuse(p, smollm2.model, progress=False)
+    assert not reused and not stale.exists()
+    assert (path / "manifest.json").exists() and store.n_rows == 2 * 31  # every token but each BOS
+    again, reused = capture_or_reuse(p, None, progress=False)  # no model needed: nothing is captured
+    assert reused and again.checksum == store.checksum
+    assert sorted(x.name for x in tmp_path.iterdir()) == sorted([path.name, path.name + ".lock"])
+
+
+@pytest.mark.integration
+def test_a_second_job_waits_for_the_first_capture_then_reuses_it(smollm2: Any, tmp_path: Path) -> None:
+    """While another process holds the store lock, capture_or_reuse waits instead of capturing beside it."""
+    from blockprune.calibration.capture import capture
+    from blockprune.jobs.runner import capture_or_reuse, prepare, store_meta, store_path
+
+    p = prepare(_job(tmp_path))
+    path = store_path(p)
+    results: list[Any] = []
+    with store_lock(path):
+        t = threading.Thread(target=lambda: results.append(capture_or_reuse(p, None, progress=False)))
+        t.start()
+        t.join(timeout=1.0)
+        assert t.is_alive() and not results  # blocked on the lock
+        capture(smollm2.model, p.adapter, p.windows, path, store_meta(p), p.job.capture, progress=False)
+    t.join(timeout=60)
+    assert results and results[0][1] is True  # reused what the lock holder wrote
