@@ -521,6 +521,7 @@ def run_lm_eval(
     device: str | None = None,
     num_fewshot: int = 0,
     source: Literal["local", "hub"] = "local",
+    tail_logits: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Accuracy of an in-memory model on lm-eval tasks.
 
@@ -529,7 +530,10 @@ def run_lm_eval(
     takes the first ``limit`` documents of each task (per subject for MMLU groups). ``device``
     moves the model there first (``None`` leaves it where it is, e.g. dispatched across GPUs).
     With ``source="hub"`` names are standard lm-eval task names and datasets come from the hub.
-    Unknown names and missing data raise before any model work.
+    Unknown names and missing data raise before any model work. ``tail_logits`` computes output logits
+    only where answers are scored (:class:`~blockprune.evaluation.tail_logits_lm.TailLogitsHFLM`; same
+    scores as lm-eval's ``HFLM`` to float rounding, much faster on large vocabularies); ``False`` uses
+    ``HFLM`` itself.
     """
     if isinstance(tasks, str):
         tasks = [tasks]
@@ -559,7 +563,9 @@ def run_lm_eval(
         model = model.to(device)
     was_training = model.training
     model.eval()
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    from blockprune.evaluation.tail_logits_lm import TailLogitsHFLM
+
+    lm = (TailLogitsHFLM if tail_logits else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     start = time.perf_counter()
     try:
         raw = lm_eval.simple_evaluate(
