@@ -4,9 +4,10 @@ Resumable at every step: a store with the same settings is reused (never recaptu
 come from the store's score cache, and a trial or evaluation whose key already has a finished MLflow run
 is skipped. A deadline stops between units of work, so a long CPU study can be run in pieces.
 
-Order, so that a partial run is already useful: the reference calibration (first corpus, first seed) of
-every model and the perplexity of its plans and the dense model; then the other calibrations (plan
-stability) and their plans' perplexity; then lm-eval, the reference calibration's plans first.
+Order (``STAGES``), so that a partial run is already useful: the reference calibration (first corpus,
+first seed) of every model and the perplexity of its plans and the dense model; then the other
+calibrations' selections (plan stability); then lm-eval of the reference plans; then the perplexity of the
+other calibrations' plans; then lm-eval of those (when the spec's ``lm_eval_scope`` is ``all``).
 """
 
 from __future__ import annotations
@@ -152,10 +153,40 @@ def _pruned(model: Any, resolved: Any, n_layers: int, granularity: str, blocks: 
     return pruned
 
 
+@dataclass
+class _ModelEval:
+    """What one model needs to be evaluated: the loaded dense model and how to build a plan from it."""
+
+    name: str
+    model: Any
+    tokenizer: Any
+    resolved: Any
+    n_layers: int
+    info: dict[str, tuple[str, tuple[int, ...]]]
+    run_ids: dict[str, str]
+    windows: dict[str, Any] | None = None
+
+    def build(self, key: str) -> Any:
+        if key.endswith(f"|{DENSE}"):
+            return self.model
+        g, b = self.info[key]
+        return _pruned(self.model, self.resolved, self.n_layers, g, b)
+
+
+def _interleave(lists: list[list[Any]]) -> list[Any]:
+    """Round-robin over the models, so a study stopped by its time budget has some of every model."""
+    out: list[Any] = []
+    for i in range(max((len(x) for x in lists), default=0)):
+        out.extend(x[i] for x in lists if i < len(x))
+    return out
+
+
 def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadline, echo: Echo,
                  models: dict[str, Any], stage: str) -> None:
     """``stage`` "ppl-reference": perplexity of the dense model and the reference calibration's plans;
-    "ppl": of every distinct plan; "tasks": lm-eval, reference plans first."""
+    "ppl": of every distinct plan; "tasks-reference": lm-eval of the dense model and the reference plans;
+    "tasks": lm-eval of every plan in the spec's ``lm_eval_scope``. lm-eval alternates between models and
+    takes layer plans before attention plans, fewest blocks first (where methods still differ)."""
     from blockprune.calibration.corpora import load_corpus
     from blockprune.calibration.windows import heldout_windows
     from blockprune.evaluation.cost import count_parameters
@@ -165,63 +196,65 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
 
     ev = spec.evaluation
     tasks_tag = ",".join(f"{t}:{lim or 'full'}" for t, lim in ev.tasks)
+    ref_only = stage.endswith("-reference") or (stage == "tasks" and ev.lm_eval_scope == "reference")
+    done = slog.by_key("evaluation")
+    work: list[list[tuple[str, str]]] = []
+    ctx: dict[str, _ModelEval] = {}
     for m in spec.models:
         plans = _plans(slog, spec, m)
-        done = slog.by_key("evaluation")
-        keys = [plan_key(m.name, "", None)] + [k for k, *_ in plans]
-        ref = {plan_key(m.name, "", None)} | {k for k, _, _, r in plans if r}
-        need_ppl = [k for k in keys if k not in done and (stage == "ppl" or k in ref)] if stage != "tasks" else []
-        need_tasks = [k for k in keys if ev.tasks and k in done and done[k].tags.get("tasks_done") != tasks_tag
-                      and (ev.lm_eval_scope == "all" or k in ref)] if stage == "tasks" else []
-        if not need_ppl and not need_tasks:
+        dense = plan_key(m.name, "", None)
+        ref = {dense} | {k for k, _, _, r in plans if r}
+        keys = [k for k in [dense] + [k for k, *_ in plans] if k in ref or not ref_only]
+        if stage.startswith("ppl"):
+            todo = [("ppl", k) for k in keys if k not in done]
+        elif ev.tasks:
+            order = {k: (g != "layer", len(b)) for k, g, b, _ in plans}
+            todo = [("tasks", k) for k in sorted(keys, key=lambda k: order.get(k, (False, 0)))
+                    if k in done and done[k].tags.get("tasks_done") != tasks_tag]
+        else:
+            todo = []
+        if not todo:
             continue
         if deadline.passed():
             state.stopped_early = True
             return
         resolved = resolve_model(m.name)
-        tok = load_tokenizer(resolved)
         if m.name not in models:
             models[m.name] = load_model(m.name, dtype=spec.dtype)[0]
         model = models[m.name]
-        n_layers = adapter_for(model).n_layers(model.config)
-        windows = {c: heldout_windows(tok, load_corpus(c), ev.seq_len, ev.windows) for c in ev.corpora}
-        info = {k: (g, b) for k, g, b, _ in plans}
-        run_ids = {k: r.run_id for k, r in done.items()}
+        ctx[m.name] = _ModelEval(m.name, model, load_tokenizer(resolved), resolved,
+                                 adapter_for(model).n_layers(model.config),
+                                 {k: (g, b) for k, g, b, _ in plans}, {k: r.run_id for k, r in done.items()})
+        work.append([(m.name, *w) for w in todo])
 
-        def build(k: str, model: Any = model, resolved: Any = resolved, n_layers: int = n_layers,
-                  info: dict[str, tuple[str, tuple[int, ...]]] = info) -> Any:
-            if k.endswith(f"|{DENSE}"):
-                return model
-            g, b = info[k]
-            return _pruned(model, resolved, n_layers, g, b)
-
-        for k in need_ppl:
-            if deadline.passed():
-                state.stopped_early = True
-                return
-            t0 = time.perf_counter()
-            net = build(k)
+    for name, what, k in _interleave(work) if stage.startswith("tasks") else [w for x in work for w in x]:
+        if deadline.passed():
+            state.stopped_early = True
+            return
+        me = ctx[name]
+        t0 = time.perf_counter()
+        if what == "ppl":
+            if me.windows is None:
+                me.windows = {c: heldout_windows(me.tokenizer, load_corpus(c), ev.seq_len, ev.windows)
+                              for c in ev.corpora}
+            net = me.build(k)
             metrics = {f"ppl.{c}": chunk_perplexity(net, w, batch_size=ev.batch_size, progress=False).perplexity
-                       for c, w in windows.items()}
+                       for c, w in me.windows.items()}
             params = count_parameters(net)
             metrics |= {"params_total": float(params["total"]), "params_per_token": float(params["per_token"]),
                         "ppl_seconds": time.perf_counter() - t0}
-            g, b = info.get(k, ("dense", ()))
-            rid = slog.start("evaluation", k, k, {"model": m.name, "granularity": g, "blocks": blocks_text(b),
+            g, b = me.info.get(k, ("dense", ()))
+            rid = slog.start("evaluation", k, k, {"model": name, "granularity": g, "blocks": blocks_text(b),
                                                    "n_prune": len(b), "plan_key": k})
             slog.log(rid, metrics)
             slog.finish(rid)
-            run_ids[k] = rid
+            me.run_ids[k] = rid
             state.evaluations += 1
-            echo(f"[study] {k}: perplexity " + ", ".join(f"{c} {metrics[f'ppl.{c}']:.2f}" for c in windows))
-        for k in need_tasks:
-            if deadline.passed():
-                state.stopped_early = True
-                return
-            t0 = time.perf_counter()
-            metrics = _lm_eval(build(k), tok, ev)
+            echo(f"[study] {k}: perplexity " + ", ".join(f"{c} {metrics[f'ppl.{c}']:.2f}" for c in me.windows))
+        else:
+            metrics = _lm_eval(me.build(k), me.tokenizer, ev)
             metrics["lm_eval_seconds"] = time.perf_counter() - t0
-            slog.log(run_ids[k], metrics, tags={"tasks_done": tasks_tag})
+            slog.log(me.run_ids[k], metrics, tags={"tasks_done": tasks_tag})
             state.lm_evals += 1
             echo(f"[study] {k}: lm-eval done in {metrics['lm_eval_seconds']:.0f} s")
 
@@ -242,6 +275,9 @@ def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
     return out
 
 
+STAGES = ("select-reference", "ppl-reference", "select", "tasks-reference", "ppl", "tasks")
+
+
 def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None = None,
               echo: Echo = print) -> tuple[Progress, list[RunRecord]]:
     """Validate, select, evaluate; returns progress and every finished run of this study."""
@@ -253,7 +289,7 @@ def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None =
     models: dict[str, Any] = {}
     echo(f"[study] {spec.name} ({'quick' if spec.quick else 'full'} grid {spec.fingerprint}) → {tracking_uri}, "
          f"experiment {spec.experiment!r}")
-    for step in ("select-reference", "ppl-reference", "select", "ppl", "tasks"):
+    for step in STAGES:
         if step.startswith("select"):
             select_all(spec, slog, state, deadline, echo, models, reference=step == "select-reference")
         else:

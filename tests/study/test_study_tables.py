@@ -130,3 +130,16 @@ def _runs(study: Study) -> list[RunRecord]:
     evs = [RunRecord(e.run_id, {"study.kind": "evaluation", "study.key": k}, e.metrics)
            for k, e in study.evaluations.items()]
     return sels + evs
+
+
+@pytest.mark.unit
+def test_lm_eval_work_alternates_between_models() -> None:
+    from blockprune.study.run import STAGES, _interleave
+
+    a = [("smollm2", "tasks", f"s{i}") for i in range(3)]
+    b = [("gemma3", "tasks", "g0")]
+    assert _interleave([a, b]) == [a[0], b[0], a[1], a[2]]
+    assert _interleave([]) == []
+    # stability (other calibrations' selections) and the reference plans' accuracy come before the
+    # perplexity of the other calibrations' plans
+    assert STAGES.index("select") < STAGES.index("tasks-reference") < STAGES.index("ppl") < STAGES.index("tasks")
