@@ -103,7 +103,7 @@ def run_distributed_job(job: Any, tracker: Any | None = None, settings: Distribu
     """
     import ray
 
-    from blockprune.jobs.runner import TrialResult, make_plan, prepare, store_meta, store_path
+    from blockprune.jobs.runner import TrialResult, make_plan, prepare, store_meta, store_path, trial_record
     from blockprune.tracking.artifacts import log_trial
     from blockprune.tracking.tracker import Tracker
 
@@ -172,23 +172,12 @@ def run_distributed_job(job: Any, tracker: Any | None = None, settings: Distribu
                 plan = make_plan(p, store, trial, sel, scores, run_scores, sel_info)
                 ev = ray.get(group.primary.evaluate.remote(plan, job.save_dir))
                 metrics, tasks = ev["metrics"], ev["tasks"]
-                res = {
-                    "ppl_dense": dense["ppl"], "ppl_pruned": metrics["ppl"], "ppl_ratio": metrics["ppl"] / dense["ppl"],
-                    "params_removed": dense["params_total"] - metrics["params_total"],
-                    "params_removed_frac": 1 - metrics["params_total"] / dense["params_total"],
-                    "exact_scores": sel.evaluations, "scoring_selection_seconds": select_s,
-                    "capture_seconds": capture_s, "tokens_calibrated": store.manifest["tokens_calibrated"],
-                    "ray_scoring_tasks": scoring.tasks - before,
-                } | {f"pruned.{k_}": v for k_, v in metrics.items()}
+                res, params, trial_tags = trial_record(p, store, trial, dense, metrics, sel.evaluations, select_s,
+                                                       capture_s)
+                res["ray_scoring_tasks"] = scoring.tasks - before
                 result = TrialResult(trial, plan, res, tasks, saved_to=ev["saved_to"])
-                params = {"model": p.resolved.name, "revision": p.resolved.revision,
-                          "calibration": asdict(job.calibration), "method": trial.method,
-                          "estimator": trial.estimator or "none", "estimator_params": trial.estimator_params,
-                          "granularity": trial.granularity, "n_prune": trial.n_prune, "capture": asdict(job.capture)}
                 with tracker.run(trial.name, params=params, nested=True,
-                                 tags={"blockprune.kind": "trial", "model": p.resolved.name,
-                                       "store_checksum": store.checksum, "model_revision": p.resolved.revision,
-                                       **ray_tags(), **(tags or {})}) as run_id:
+                                 tags=trial_tags | ray_tags() | (tags or {})) as run_id:
                     result.run_id = run_id
                     with log_lock or contextlib.nullcontext():
                         tracker.log_metrics(res)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -289,6 +289,26 @@ def run_job(job: JobConfig, tracker: Tracker | None = None, progress: bool = Tru
     return results
 
 
+def trial_record(p: Prepared, store: ActivationStore, trial: TrialSpec, dense: Mapping[str, float],
+                 metrics: Mapping[str, float], exact_scores: int, select_s: float,
+                 capture_s: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(metrics, params, tags) of a trial's MLflow run: the same record from the local and the Ray path."""
+    out = {
+        "ppl_dense": dense["ppl"], "ppl_pruned": metrics["ppl"], "ppl_ratio": metrics["ppl"] / dense["ppl"],
+        "params_removed": dense["params_total"] - metrics["params_total"],
+        "params_removed_frac": 1 - metrics["params_total"] / dense["params_total"],
+        "exact_scores": exact_scores, "scoring_selection_seconds": select_s, "capture_seconds": capture_s,
+        "tokens_calibrated": store.manifest["tokens_calibrated"],
+    } | {f"pruned.{k}": v for k, v in metrics.items()}
+    params = {"model": p.resolved.name, "revision": p.resolved.revision, "calibration": asdict(p.job.calibration),
+              "method": trial.method, "estimator": trial.estimator or "none",
+              "estimator_params": trial.estimator_params, "granularity": trial.granularity,
+              "n_prune": trial.n_prune, "s_start": trial.s_start, "capture": asdict(p.job.capture)}
+    tags = {"blockprune.kind": "trial", "model": p.resolved.name, "store_checksum": store.checksum,
+            "model_revision": p.resolved.revision}
+    return out, params, tags
+
+
 def _run_trial(p: Prepared, model: Any, store: ActivationStore, trial: TrialSpec, dense: dict[str, float],
                capture_s: float, tracker: Tracker, run_scorer: RunScorerFactory, progress: bool,
                echo: Callable[[str], None], multi: bool) -> TrialResult:
@@ -305,21 +325,9 @@ def _run_trial(p: Prepared, model: Any, store: ActivationStore, trial: TrialSpec
     for k, v in (extras.get("latency") or {}).items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
             metrics[f"latency.{k}"] = v
-    out = {
-        "ppl_dense": dense["ppl"], "ppl_pruned": metrics["ppl"], "ppl_ratio": metrics["ppl"] / dense["ppl"],
-        "params_removed": dense["params_total"] - metrics["params_total"],
-        "params_removed_frac": 1 - metrics["params_total"] / dense["params_total"],
-        "exact_scores": sel.evaluations, "scoring_selection_seconds": select_s, "capture_seconds": capture_s,
-        "tokens_calibrated": store.manifest["tokens_calibrated"],
-    } | {f"pruned.{k}": v for k, v in metrics.items()}
+    out, params, tags = trial_record(p, store, trial, dense, metrics, sel.evaluations, select_s, capture_s)
     result = TrialResult(trial, plan, out, tasks)
-    params = {"model": p.resolved.name, "revision": p.resolved.revision, "calibration": asdict(p.job.calibration),
-              "method": trial.method, "estimator": trial.estimator or "none",
-              "estimator_params": trial.estimator_params, "granularity": trial.granularity,
-              "n_prune": trial.n_prune, "s_start": trial.s_start, "capture": asdict(p.job.capture)}
-    with tracker.run(trial.name, params=params, nested=True,
-                     tags={"blockprune.kind": "trial", "model": p.resolved.name, "store_checksum": store.checksum,
-                           "model_revision": p.resolved.revision}) as run_id:
+    with tracker.run(trial.name, params=params, nested=True, tags=tags) as run_id:
         result.run_id = run_id
         tracker.log_metrics(out)
         log_trial(tracker, plan, out, tasks=tasks, latency=extras.get("latency"), samples=extras.get("samples"))
