@@ -173,6 +173,17 @@ class _ModelEval:
         return _pruned(self.model, self.resolved, self.n_layers, g, b)
 
 
+def _ppl_order(run: RunRecord | None, corpora: tuple[str, ...]) -> float:
+    """Sort key for lm-eval: mean log perplexity over the corpora (dense first, collapsed plans last:
+    where the perplexity has exploded the accuracy is chance level and tells least)."""
+    import math
+
+    vals = [run.metrics.get(f"ppl.{c}") for c in corpora] if run is not None else []
+    if not vals or any(v is None or not v > 0 for v in vals):
+        return math.inf
+    return sum(math.log(v) for v in vals) / len(vals)  # type: ignore[arg-type]
+
+
 def _interleave(lists: list[list[Any]]) -> list[Any]:
     """Round-robin over the models, so a study stopped by its time budget has some of every model."""
     out: list[Any] = []
@@ -186,7 +197,7 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
     """``stage`` "ppl-reference": perplexity of the dense model and the reference calibration's plans;
     "ppl": of every distinct plan; "tasks-reference": lm-eval of the dense model and the reference plans;
     "tasks": lm-eval of every plan in the spec's ``lm_eval_scope``. lm-eval alternates between models and
-    takes layer plans before attention plans, fewest blocks first (where methods still differ)."""
+    takes a model's plans from the lowest perplexity up (:func:`_ppl_order`)."""
     from blockprune.calibration.corpora import load_corpus
     from blockprune.calibration.windows import heldout_windows
     from blockprune.evaluation.cost import count_parameters
@@ -208,8 +219,7 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
         if stage.startswith("ppl"):
             todo = [("ppl", k) for k in keys if k not in done]
         elif ev.tasks:
-            order = {k: (g != "layer", len(b)) for k, g, b, _ in plans}
-            todo = [("tasks", k) for k in sorted(keys, key=lambda k: order.get(k, (False, 0)))
+            todo = [("tasks", k) for k in sorted(keys, key=lambda k: _ppl_order(done.get(k), ev.corpora))
                     if k in done and done[k].tags.get("tasks_done") != tasks_tag]
         else:
             todo = []

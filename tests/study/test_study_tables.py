@@ -143,3 +143,20 @@ def test_lm_eval_work_alternates_between_models() -> None:
     # stability (other calibrations' selections) and the reference plans' accuracy come before the
     # perplexity of the other calibrations' plans
     assert STAGES.index("select") < STAGES.index("tasks-reference") < STAGES.index("ppl") < STAGES.index("tasks")
+
+
+@pytest.mark.unit
+def test_lm_eval_takes_plans_from_the_lowest_perplexity_up() -> None:
+    from blockprune.study.run import _ppl_order
+
+    corpora = ("wikipedia", "lee-news")
+
+    def run(w: float | None, n: float | None) -> RunRecord:
+        m = {k: v for k, v in (("ppl.wikipedia", w), ("ppl.lee-news", n)) if v is not None}
+        return RunRecord("r", {}, m)
+
+    dense, good, bad = run(20.0, 10.0), run(40.0, 12.0), run(1e6, 5.0)
+    assert _ppl_order(dense, corpora) == pytest.approx((math.log(20) + math.log(10)) / 2)
+    ranked = sorted([bad, None, good, run(30.0, None), dense], key=lambda r: _ppl_order(r, corpora))
+    assert ranked[:3] == [dense, good, bad]
+    assert all(_ppl_order(r, corpora) == math.inf for r in ranked[3:])  # unmeasured: last
