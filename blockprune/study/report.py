@@ -75,7 +75,7 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
                 continue
             xs.append(n)
             ys.append(y)
-            span = row.ppl_ratio_all if what == "ppl" and row.ppl_ratio_all else [y]
+            span = (row.ppl_ratio_all if what == "ppl" else row.acc_all) or [y]
             lo.append(min(span))
             hi.append(max(span))
         if not xs:
@@ -83,7 +83,7 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
         color = plt.get_cmap("tab20")(i % 20)  # 14+ methods: 10 default colours would repeat
         style = "-" if i < 10 else "--"
         ax.plot(xs, ys, style, marker="o", ms=4, lw=1.3, color=color, label=display(mid))
-        if what == "ppl" and any(h > low for h, low in zip(hi, lo, strict=True)):
+        if any(h > low for h, low in zip(hi, lo, strict=True)):
             ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
     if what == "ppl":
         ax.set_yscale("log")
@@ -121,7 +121,9 @@ def _row_cells(study: Study, r: Row, with_tasks: bool) -> list[str]:
     cells = [display(r.method), _blocks(r.blocks)] + [fmt(r.ppl.get(c)) for c in study.corpora]
     cells += [fmt(r.ppl_ratio), spread]
     if with_tasks:
-        cells += [fmt(r.avg_acc, 3), fmt(r.rel, 1)]
+        acc_spread = (f"{fmt(sum(r.acc_all) / len(r.acc_all), 3)} ({fmt(min(r.acc_all), 3)}–{fmt(max(r.acc_all), 3)})"
+                      if len(r.acc_all) > 1 else "–")
+        cells += [fmt(r.avg_acc, 3), fmt(r.rel, 1), acc_spread]
     cells += [fmt(r.stability), f"`{short(r.evaluation_run)}`"]
     return cells
 
@@ -165,7 +167,7 @@ def model_section(study: Study, spec: StudySpec, model: str, n_blocks: int, fig_
             if not rows:
                 continue
             hdr = ["method", "dropped (ref.)"] + [f"ppl {c}" for c in study.corpora] + ["ppl×", "ppl× all cal."]
-            hdr += ["avg acc", "rel. %"] if with_tasks else []
+            hdr += ["avg acc", "rel. %", "avg acc all cal."] if with_tasks else []
             hdr += ["stability J", "run"]
             lines += [f"**{n} {gran} block{'s' if n > 1 else ''} pruned** "
                       f"({100 * n / n_blocks:.0f}% of the {gran}s)", ""]
@@ -422,7 +424,8 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         "**Columns.** *dropped (ref.)*: the reference calibration's plan. *ppl×*: its perplexity ÷ the dense "
         "model's, geometric mean over the evaluation corpora. *ppl× all cal.*: the same for every calibration's "
         "plan, geometric mean (min–max). *avg acc*: mean over the tasks of acc_norm where defined, else acc. "
-        "*rel. %*: avg acc ÷ dense avg acc (ShortGPT's *rel.*). *stability J*: mean pairwise Jaccard of the "
+        "*rel. %*: avg acc ÷ dense avg acc (ShortGPT's *rel.*). *avg acc all cal.*: avg acc of every calibration's "
+        "plan that has lm-eval results, mean (min–max). *stability J*: mean pairwise Jaccard of the "
         "dropped blocks over all calibrations. With lm-eval limits of tens of questions per task, one task's "
         "accuracy has a standard error of about ±0.07 and the average about ±0.025: read accuracy differences "
         "below that as ties; perplexity is the sharper signal.", "",

@@ -94,6 +94,7 @@ class Row:
     rel: float | None
     stability: float | None
     n_calibrations: int
+    acc_all: list[float] = field(default_factory=list)  # avg accuracy of every calibration's plan, where measured
 
 
 @dataclass
@@ -173,13 +174,14 @@ class Study:
             accs = {t: a for t in self.tasks if ev and (a := task_accuracy(ev.metrics, t)) is not None}
             avg = self.avg_accuracy(ev)
             ratios = [r for s in plans if (r := self.ppl_ratio(model, self.evaluations.get(s.plan_key))) is not None]
+            accs_all = [a for s in plans if (a := self.avg_accuracy(self.evaluations.get(s.plan_key))) is not None]
             out.append(Row(
                 method=mid, blocks=ref.blocks, selection_run=ref.run_id, evaluation_run=ev.run_id if ev else None,
                 ppl={c: v for c in self.corpora if ev and (v := ev.ppl(c)) is not None},
                 ppl_ratio=self.ppl_ratio(model, ev), ppl_ratio_all=ratios, accuracy=accs, avg_acc=avg,
                 rel=None if avg is None or not dense_acc else 100.0 * avg / dense_acc,
                 stability=stability([s.blocks for s in plans]) if len(plans) > 1 else None,
-                n_calibrations=len(plans)))
+                n_calibrations=len(plans), acc_all=accs_all))
         return out
 
     def stability_split(self, model: str, granularity: str, method: str, n_prune: int) -> dict[str, float | None]:

@@ -34,14 +34,14 @@ def test_report_cells_match_their_runs(name: str) -> None:
     by_prefix = {r["run_id"][:8]: r for r in runs}
     assert len(by_prefix) == len(runs)  # short ids are unambiguous
     dense = {r["tags"]["study.key"].split("|")[0]: r for r in runs if r["tags"]["study.key"].endswith("|dense")}
-    checked = 0
+    checked = checked_acc = 0
     for line in text.splitlines():
         if not (line.startswith("| ") and line.rstrip().endswith("` |")):
             continue
         row = [c.strip() for c in line.strip().strip("|").split("|")]
         hdr = _header_before(text, line)
         if row[-1] == "`–`":  # not evaluated yet: then no measurement may be printed in that row
-            assert all(row[hdr.index(c)] == "–" for c in hdr if c.startswith("ppl") or c in ("avg acc", "rel. %"))
+            assert all(row[hdr.index(c)] == "–" for c in hdr if c.startswith("ppl") or c.startswith(("avg acc", "rel.")))
             continue
         run = by_prefix[row[-1].strip("`")]  # every cited run is in the export
         kind = run["tags"]["study.kind"]
@@ -58,4 +58,14 @@ def test_report_cells_match_their_runs(name: str) -> None:
             blocks = run["tags"]["study.key"].split("|")[2].replace(",", " ")
             assert row[hdr.index("dropped (ref.)")] == blocks
             checked += 1
+        if kind == "evaluation" and "avg acc" in hdr:
+            tasks = sorted({k.rsplit(".", 1)[0] for k in m if k.endswith(".acc")})
+            if tasks:  # lm-eval done: acc_norm where the task has it, else acc
+                avg = sum(m.get(f"{t}.acc_norm", m[f"{t}.acc"]) for t in tasks) / len(tasks)
+                assert row[hdr.index("avg acc")] == fmt(avg, 3), (name, row)
+                checked_acc += 1
+            else:
+                assert row[hdr.index("avg acc")] == "–"
     assert checked >= 20, f"only {checked} cells checked in {name}"
+    if "lm-eval for 0 of" not in text:
+        assert checked_acc >= 5, f"only {checked_acc} accuracy cells checked in {name}"
