@@ -522,6 +522,7 @@ def run_lm_eval(
     num_fewshot: int = 0,
     source: Literal["local", "hub"] = "local",
     tail_logits: bool = True,
+    mixed_precision: str | None = None,
 ) -> dict[str, dict[str, float]]:
     """Accuracy of an in-memory model on lm-eval tasks.
 
@@ -533,7 +534,9 @@ def run_lm_eval(
     Unknown names and missing data raise before any model work. ``tail_logits`` computes output logits
     only where answers are scored (:class:`~blockprune.evaluation.tail_logits_lm.TailLogitsHFLM`; same
     scores as lm-eval's ``HFLM`` to float rounding, much faster on large vocabularies); ``False`` uses
-    ``HFLM`` itself.
+    ``HFLM`` itself. ``mixed_precision`` ("bfloat16"/"float16") runs the forward passes under autocast
+    (lm-eval's ``mixed_precision_dtype``; 2-3x faster on CPUs with AVX512-BF16) with the log-softmax in
+    float32.
     """
     if isinstance(tasks, str):
         tasks = [tasks]
@@ -541,6 +544,8 @@ def run_lm_eval(
         raise ValueError(f"limit must be >= 1 or None, got {limit}")
     if num_fewshot < 0:
         raise ValueError(f"num_fewshot must be >= 0, got {num_fewshot}")
+    if mixed_precision not in (None, "bfloat16", "float16"):
+        raise ValueError(f"mixed_precision must be None, 'bfloat16' or 'float16', got {mixed_precision!r}")
     if source == "local":
         names = resolve_task_names(tasks)
         task_manager = build_task_manager("local")
@@ -565,7 +570,10 @@ def run_lm_eval(
     model.eval()
     from blockprune.evaluation.tail_logits_lm import TailLogitsHFLM
 
-    lm = (TailLogitsHFLM if tail_logits else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    precision = {} if mixed_precision is None else {"mixed_precision_dtype": mixed_precision,
+                                                    "softmax_dtype": "float32"}
+    lm = (TailLogitsHFLM if tail_logits else HFLM)(pretrained=model, tokenizer=tokenizer, batch_size=batch_size,
+                                                   **precision)
     start = time.perf_counter()
     try:
         raw = lm_eval.simple_evaluate(

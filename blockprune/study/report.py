@@ -39,7 +39,7 @@ def load_study(spec: StudySpec, tracking_uri: str) -> tuple[Study, list[Any]]:
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
     runs = slog.runs()
     study = Study.from_runs(runs, [t for t, _ in spec.evaluation.tasks], list(spec.evaluation.corpora),
-                            [m.name for m in spec.models])
+                            [m.name for m in spec.models], spec.evaluation.tasks_tag)
     return study, runs
 
 
@@ -420,7 +420,9 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         f"seed {spec.seeds[0]}), {spec.capture.sample_rows} sampled tokens per block boundary for the "
         f"estimators. Evaluation: held-out perplexity on {spec.evaluation.windows} × {spec.evaluation.seq_len} "
         "tokens of each corpus's held-out documents (every 10th document, never calibrated on); lm-eval, 0-shot: "
-        f"{tasks}.", "",
+        f"{tasks}" + ("" if spec.evaluation.lm_eval_dtype == "float32" else
+                      f", forward passes under {spec.evaluation.lm_eval_dtype} autocast (log-softmax in float32)")
+        + ".", "",
         "**Columns.** *dropped (ref.)*: the reference calibration's plan. *ppl×*: its perplexity ÷ the dense "
         "model's, geometric mean over the evaluation corpora. *ppl× all cal.*: the same for every calibration's "
         "plan, geometric mean (min–max). *avg acc*: mean over the tasks of acc_norm where defined, else acc. "

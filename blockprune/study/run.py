@@ -206,7 +206,7 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
     from blockprune.models.zoo import load_model, load_tokenizer, resolve_model
 
     ev = spec.evaluation
-    tasks_tag = ",".join(f"{t}:{lim or 'full'}" for t, lim in ev.tasks)
+    tasks_tag = ev.tasks_tag
     ref_only = stage.endswith("-reference") or (stage == "tasks" and ev.lm_eval_scope == "reference")
     done = slog.by_key("evaluation")
     work: list[list[tuple[str, str]]] = []
@@ -277,7 +277,8 @@ def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
         by_limit.setdefault(lim, []).append(t)
     out: dict[str, float] = {}
     for lim, names in by_limit.items():
-        res = run_lm_eval(model, tokenizer, names, limit=lim, batch_size=ev.batch_size)
+        res = run_lm_eval(model, tokenizer, names, limit=lim, batch_size=ev.batch_size,
+                          mixed_precision=None if ev.lm_eval_dtype == "float32" else ev.lm_eval_dtype)
         for task, vals in res.items():
             for name, v in vals.items():
                 if isinstance(v, int | float) and not isinstance(v, bool):

@@ -24,8 +24,9 @@ SPEC_KEYS = {"name", "quick", "models", "calibration", "capture", "methods", "ev
              "store_root"}
 MODEL_KEYS = {"layer", "attention", "capture"}
 CAL_KEYS = {"corpora", "seeds", "n_samples", "seq_len"}
-EVAL_KEYS = {"corpora", "windows", "seq_len", "batch_size", "tasks", "lm_eval_scope"}
+EVAL_KEYS = {"corpora", "windows", "seq_len", "batch_size", "tasks", "lm_eval_scope", "lm_eval_dtype"}
 SCOPES = ("all", "reference")
+LM_EVAL_DTYPES = ("float32", "bfloat16", "float16")
 
 
 class StudySpecError(ValueError):
@@ -71,6 +72,13 @@ class StudyEval:
     batch_size: int = 8
     tasks: tuple[tuple[str, int | None], ...] = ()  # (task, limit); None = the full set
     lm_eval_scope: str = "all"  # "reference": lm-eval only on the reference calibration's plans
+    lm_eval_dtype: str = "float32"  # autocast dtype of the lm-eval forward passes (log-softmax in float32)
+
+    @property
+    def tasks_tag(self) -> str:
+        """What an evaluation run's lm-eval results were made with (its ``tasks_done`` tag)."""
+        tag = ",".join(f"{t}:{lim or 'full'}" for t, lim in self.tasks)
+        return tag if self.lm_eval_dtype == "float32" else f"{tag};{self.lm_eval_dtype}"
 
 
 @dataclass(frozen=True)
@@ -96,8 +104,11 @@ class StudySpec:
     def fingerprint(self) -> str:
         """Identifies what every run's numbers depend on beyond its key (capture, evaluation, dtype): runs
         made under other settings are never mixed in, while growing the grid (models, methods, block counts,
-        corpora, seeds: all part of the run keys) keeps every finished run."""
-        payload = json.dumps({"capture": asdict(self.capture), "evaluation": asdict(self.evaluation),
+        corpora, seeds: all part of the run keys) keeps every finished run. lm-eval's dtype is left out: it
+        is in each run's ``tasks_done`` tag, so changing it redoes lm-eval and nothing else."""
+        evaluation = asdict(self.evaluation)
+        del evaluation["lm_eval_dtype"]
+        payload = json.dumps({"capture": asdict(self.capture), "evaluation": evaluation,
                               "dtype": self.dtype}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -173,10 +184,13 @@ def parse_spec(d: dict[str, Any], source: str = "") -> StudySpec:
     scope = ev.get("lm_eval_scope", "all")
     if scope not in SCOPES:
         raise StudySpecError(f"evaluation.lm_eval_scope must be one of {SCOPES}, got {scope!r}")
+    lm_dtype = str(ev.get("lm_eval_dtype", "float32"))
+    if lm_dtype not in LM_EVAL_DTYPES:
+        raise StudySpecError(f"evaluation.lm_eval_dtype must be one of {LM_EVAL_DTYPES}, got {lm_dtype!r}")
     evaluation = StudyEval(corpora=tuple(str(c) for c in (ev.get("corpora") or corpora)),
                            windows=int(ev.get("windows", 16)), seq_len=int(ev.get("seq_len", 256)),
                            batch_size=int(ev.get("batch_size", 8)), tasks=_tasks(ev.get("tasks")),
-                           lm_eval_scope=scope)
+                           lm_eval_scope=scope, lm_eval_dtype=lm_dtype)
     tracking = _keys(d.get("tracking") or {}, {"experiment"}, "tracking")
     try:
         spec = StudySpec(

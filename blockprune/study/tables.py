@@ -109,7 +109,9 @@ class Study:
 
     @classmethod
     def from_runs(cls, runs: Sequence[RunRecord], tasks: Sequence[str], corpora: Sequence[str],
-                  models: Sequence[str]) -> Study:
+                  models: Sequence[str], tasks_tag: str | None = None) -> Study:
+        """``tasks_tag``: use a run's lm-eval metrics only when its ``tasks_done`` tag is this one (results of
+        other limits or another lm-eval dtype are not mixed in; the study redoes them)."""
         sels: list[Selection] = []
         evals: dict[str, Evaluation] = {}
         cals: dict[str, RunRecord] = {}
@@ -125,7 +127,9 @@ class Study:
                     parse_blocks(t["blocks"]), t["plan_key"], r.metrics.get("scoring_seconds", float("nan")),
                     int(r.metrics.get("exact_scores", 0))))
             elif r.kind == "evaluation":
-                evals[r.key] = Evaluation(r.run_id, r.key, dict(r.metrics))
+                stale = tasks_tag is not None and t.get("tasks_done") != tasks_tag
+                metrics = {k: v for k, v in r.metrics.items() if not (stale and k.split(".", 1)[0] in tasks)}
+                evals[r.key] = Evaluation(r.run_id, r.key, metrics)
             elif r.kind == "calibration":
                 cals[r.key] = r  # a calibration resumed with new trials has one run per session; same store
         return cls(sels, evals, list(cals.values()), list(tasks), list(corpora), list(models), infeasible)

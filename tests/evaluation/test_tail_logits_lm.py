@@ -115,3 +115,26 @@ def test_models_without_logits_to_keep_use_hflm_code() -> None:
 
     assert not supports_logits_to_keep(Plain())
     assert supports_logits_to_keep(Keeps())
+
+
+@pytest.mark.integration
+def test_bfloat16_autocast_scores_close_to_float32(smollm2: tuple[Any, Any]) -> None:
+    """mixed_precision: the forward runs in bf16 (scores move) yet stays close to float32."""
+    model, tok = smollm2
+    fp32 = TailLogitsHFLM(pretrained=model, tokenizer=tok, batch_size=4)
+    bf16 = TailLogitsHFLM(pretrained=model, tokenizer=tok, batch_size=4, mixed_precision_dtype="bfloat16",
+                          softmax_dtype="float32")
+    reqs = _requests(fp32)
+    want = [s for s, _ in fp32._loglikelihood_tokens(reqs, disable_tqdm=True)]
+    got = [s for s, _ in bf16._loglikelihood_tokens(reqs, disable_tqdm=True)]
+    diffs = [abs(g - w) for g, w in zip(got, want, strict=True)]
+    assert max(diffs) > 1e-3  # autocast did run in bf16
+    assert all(d <= 0.1 * abs(w) + 0.5 for d, w in zip(diffs, want, strict=True))
+    order = sorted(range(len(want)), key=want.__getitem__)
+    assert sorted(range(len(got)), key=got.__getitem__)[-3:] == order[-3:]  # the likeliest answers agree
+
+
+@pytest.mark.unit
+def test_bad_mixed_precision_is_rejected_before_model_work() -> None:
+    with pytest.raises(ValueError, match="mixed_precision"):
+        L.run_lm_eval(None, None, ["piqa"], mixed_precision="int8")

@@ -36,6 +36,16 @@ def test_shipped_specs_cover_the_issue_grid() -> None:
     assert len(full.trials(full.models[0])) == 14 * 4 + 4 * 3
 
 
+def test_lm_eval_dtype_redoes_lm_eval_only() -> None:
+    """The dtype of lm-eval is in the tasks_done tag, not the fingerprint: perplexity and selections stay."""
+    base = parse_spec(_spec(evaluation={"tasks": {"piqa": 10}}))
+    bf16 = parse_spec(_spec(evaluation={"tasks": {"piqa": 10}, "lm_eval_dtype": "bfloat16"}))
+    assert base.evaluation.lm_eval_dtype == "float32" and bf16.evaluation.lm_eval_dtype == "bfloat16"
+    assert base.fingerprint == bf16.fingerprint
+    assert base.evaluation.tasks_tag == "piqa:10" and bf16.evaluation.tasks_tag == "piqa:10;bfloat16"
+    assert base.fingerprint != parse_spec(_spec(evaluation={"tasks": {"piqa": 10}, "windows": 4})).fingerprint
+
+
 def test_validate_reports_depths() -> None:
     assert validate(load_spec(default_spec_path(True))) == {"smollm2-135m": 30, "gemma3-270m": 18}
 
@@ -47,6 +57,7 @@ def test_validate_reports_depths() -> None:
     ({"models": {"smollm2-135m": {"layer": ["two"]}}}, "list of integers"),
     ({"evaluation": {"tasks": {"piqa": 0}}}, "positive integer"),
     ({"evaluation": {"lm_eval_scope": "some"}}, "lm_eval_scope"),
+    ({"evaluation": {"lm_eval_dtype": "int8"}}, "lm_eval_dtype"),
     ({"capture": {"store_dtype": "int8"}}, "store_dtype"),
     ({"methods": {"layers": ["shortgpt"]}}, "unknown key"),
 ])

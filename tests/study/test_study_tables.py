@@ -160,3 +160,15 @@ def test_lm_eval_takes_plans_from_the_lowest_perplexity_up() -> None:
     ranked = sorted([bad, None, good, run(30.0, None), dense], key=lambda r: _ppl_order(r, corpora))
     assert ranked[:3] == [dense, good, bad]
     assert all(_ppl_order(r, corpora) == math.inf for r in ranked[3:])  # unmeasured: last
+
+
+@pytest.mark.unit
+def test_lm_eval_results_of_other_settings_are_not_mixed_in() -> None:
+    """A run whose tasks_done tag is not the spec's (other limits or lm-eval dtype) shows no accuracy yet."""
+    ev = _eval(1, plan_key(MODEL, "", None), 10.0, 20.0, 0.8, 0.6)
+    current = RunRecord(ev.run_id, ev.tags | {"tasks_done": "piqa:50,boolq:50;bfloat16"}, ev.metrics)
+    older = RunRecord(ev.run_id, ev.tags | {"tasks_done": "piqa:50,boolq:50"}, ev.metrics)
+    for run, acc in ((current, pytest.approx(0.7)), (older, None)):
+        s = Study.from_runs([run], TASKS, CORPORA, [MODEL], tasks_tag="piqa:50,boolq:50;bfloat16")
+        assert s.avg_accuracy(s.dense(MODEL)) == acc
+        assert s.dense(MODEL).ppl("a") == 10.0  # perplexity is kept either way
