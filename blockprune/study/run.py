@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -176,8 +177,6 @@ class _ModelEval:
 def _ppl_order(run: RunRecord | None, corpora: tuple[str, ...]) -> float:
     """Sort key for lm-eval: mean log perplexity over the corpora (dense first, collapsed plans last:
     where the perplexity has exploded the accuracy is chance level and tells least)."""
-    import math
-
     vals = [run.metrics.get(f"ppl.{c}") for c in corpora] if run is not None else []
     if not vals or any(v is None or not v > 0 for v in vals):
         return math.inf
