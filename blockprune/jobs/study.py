@@ -23,6 +23,7 @@ EPILOG = """examples:
   python -m blockprune.jobs.study                    # the full grid (hours on CPU) → docs/RESULTS.md
   python -m blockprune.jobs.study --max-minutes 60   # work for an hour, write the report, stop; rerun to resume
   python -m blockprune.jobs.study --report-only      # rewrite the report from MLflow
+  python -m blockprune.jobs.study --import-runs docs/results/runs.json   # resume on another machine
 
 the spec: blockprune/jobs/configs/study.yaml (full) and study-quick.yaml (--quick)
 """
@@ -41,6 +42,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--max-minutes", type=float, default=None,
                    help="stop starting new work after this many minutes, then write the report (resume later)")
     p.add_argument("--report-only", action="store_true", help="skip the runs; rebuild the report from MLflow")
+    p.add_argument("--import-runs", type=Path, default=None, metavar="RUNS_JSON",
+                   help="first recreate the finished runs of a report's runs.json (e.g. docs/results/runs.json) in "
+                        "the tracking store, so a study continues on another machine; runs already there are kept")
     p.add_argument("--no-report", action="store_true", help="run only; write no report")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -51,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     from blockprune.study.report import write_report
-    from blockprune.study.run import run_study
+    from blockprune.study.run import import_study_runs, run_study
     from blockprune.study.spec import StudySpecError, default_spec_path, load_spec, validate
     from blockprune.tracking.tracker import TrackingUnavailableError, check_store, default_tracking_uri
 
@@ -62,11 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = load_spec(args.spec or default_spec_path(args.quick))
         uri = args.tracking_uri or default_tracking_uri()
         check_store(uri, 5.0, "start it or fix --tracking-uri / MLFLOW_TRACKING_URI")
-        if args.report_only:
-            validate(spec)
-        else:
+        validate(spec)
+        if args.import_runs is not None:
+            n_new, n_kept = import_study_runs(spec, uri, args.import_runs)
+            print(f"[study] imported {n_new} runs from {args.import_runs} ({n_kept} already in the store)")
+        if not args.report_only:
             run_study(spec, uri, max_minutes=args.max_minutes)
-    except (StudySpecError, TrackingUnavailableError, ValueError, KeyError) as e:
+    except (StudySpecError, TrackingUnavailableError, ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_report:

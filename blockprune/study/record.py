@@ -152,9 +152,55 @@ class StudyLog:
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
+SYSTEM_TAG_PREFIX = "mlflow."
+ORIGIN, IMPORTED_FROM = "study.origin_run_id", "study.imported_from"
+
+
 def export(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
-    """Plain JSON of the runs a report used, so every printed number can be traced without MLflow."""
-    keep_tags = {KIND, KEY, "model", "corpus", "seed", "method", "estimator", "label", "granularity", "n_prune", "blocks",
-                 "plan_key", "reference", "tasks_done", "store_checksum", GIT_TAG}
-    return [{"run_id": r.run_id, "tags": {k: v for k, v in sorted(r.tags.items()) if k in keep_tags},
-             "metrics": {k: v for k, v in sorted(r.metrics.items()) if k != "logged_at"}} for r in runs]
+    """Plain JSON of the study's runs: every number the report prints can be traced without MLflow, and
+    the list is a complete ledger (tags, params, metrics) that :func:`import_runs` turns back into runs."""
+    return [{"run_id": r.run_id,
+             "tags": {k: v for k, v in sorted(r.tags.items()) if not k.startswith(SYSTEM_TAG_PREFIX)},
+             "params": dict(sorted(r.params.items())),
+             "metrics": dict(sorted(r.metrics.items()))} for r in runs]
+
+
+class LedgerMismatchError(ValueError):
+    """The exported runs belong to another grid: importing them would mix numbers measured differently."""
+
+
+def import_runs(slog: StudyLog, ledger: Mapping[str, Any], source: str) -> tuple[int, int]:
+    """Recreate a ledger's runs (``runs.json``) in ``slog``'s store; returns (imported, skipped).
+
+    Why: a study takes hours of CPU and its MLflow store lives on one machine; the committed ledger lets
+    another machine resume it, or rebuild the report, without redoing finished work. A run whose kind and
+    key already has a finished run is skipped, so importing twice is harmless. Each new run keeps the
+    original run id (tag ``study.origin_run_id``) and says where it came from."""
+    if ledger.get("fingerprint") != slog.fingerprint:
+        raise LedgerMismatchError(f"{source} holds grid {ledger.get('fingerprint')!r}, this spec's grid is "
+                                  f"{slog.fingerprint!r}: its runs were measured with other settings")
+    from mlflow.entities import Metric, Param
+
+    have = {(r.kind, r.key) for r in slog.runs()}
+    imported = skipped = 0
+    for rec in ledger.get("runs", []):
+        tags = {k: str(v) for k, v in rec.get("tags", {}).items() if not k.startswith(SYSTEM_TAG_PREFIX)}
+        kind, key = tags.get(KIND, ""), tags.get(KEY, "")
+        if not kind or not key:
+            raise LedgerMismatchError(f"{source}: run {rec.get('run_id')!r} has no {KIND!r} / {KEY!r} tag")
+        if (kind, key) in have:
+            skipped += 1
+            continue
+        tags |= {STUDY: slog.study, FINGERPRINT: slog.fingerprint, IMPORTED_FROM: source}
+        tags.setdefault(ORIGIN, str(rec.get("run_id", "")))
+        run = slog.client.create_run(slog.experiment_id, run_name=key, tags=tags)
+        rid = run.info.run_id
+        ts = int(time.time() * 1000)
+        params = [Param(k, str(v)) for k, v in rec.get("params", {}).items()]
+        metrics = [Metric(k, float(v), ts, 0) for k, v in rec.get("metrics", {}).items()]
+        for i in range(0, max(len(params), len(metrics), 1), 90):
+            slog.client.log_batch(rid, metrics=metrics[i : i + 90], params=params[i : i + 90])
+        slog.finish(rid)
+        have.add((kind, key))
+        imported += 1
+    return imported, skipped

@@ -285,6 +285,18 @@ def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
     return out
 
 
+def import_study_runs(spec: StudySpec, tracking_uri: str, path: Any) -> tuple[int, int]:
+    """Load a report's ``runs.json`` into the tracking store (see :func:`record.import_runs`)."""
+    import json
+    from pathlib import Path
+
+    from blockprune.study.record import import_runs
+
+    ledger = json.loads(Path(path).read_text())
+    slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
+    return import_runs(slog, ledger, str(path))
+
+
 STAGES = ("select-reference", "ppl-reference", "select", "tasks-reference", "ppl", "tasks")
 
 

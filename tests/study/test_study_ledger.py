@@ -1,0 +1,70 @@
+"""runs.json is a ledger: its runs can be recreated in another MLflow store, once, and only for the same grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from blockprune.study.record import (
+    IMPORTED_FROM,
+    ORIGIN,
+    LedgerMismatchError,
+    StudyLog,
+    export,
+    import_runs,
+)
+
+
+def _log(tmp_path: Path, name: str, fingerprint: str = "fp1") -> StudyLog:
+    return StudyLog(f"sqlite:///{tmp_path / name}", "exp", "study", fingerprint)
+
+
+def _fill(slog: StudyLog) -> None:
+    cal = slog.start("calibration", "m|a|s0|8x64", "cal", {"model": "m"})
+    slog.log(cal, {"capture_seconds": 3.25})
+    slog.finish(cal)
+    sel = slog.start("selection", "m|a|s0|8x64|shortgpt|-|layer|k=2", "sel",
+                     {"model": "m", "blocks": "3,4", "plan_key": "m|layer|3,4"}, params={"k": 2, "opts": {"a": 1}},
+                     parent=cal)
+    slog.log(sel, {"scoring_seconds": 0.5})
+    slog.finish(sel)
+    ev = slog.start("evaluation", "m|layer|3,4", "ev", {"model": "m"})
+    slog.log(ev, {"ppl.a": 12.345678901234, "piqa.acc": 0.5}, tags={"tasks_done": "piqa:10"})
+    slog.finish(ev)
+    failed = slog.start("evaluation", "m|layer|5,6", "broken", {"model": "m"})
+    slog.finish(failed, ok=False)  # unfinished work is not part of the ledger
+
+
+def test_round_trip_recreates_every_finished_run(tmp_path: Path) -> None:
+    src = _log(tmp_path, "a.db")
+    _fill(src)
+    ledger = {"fingerprint": "fp1", "runs": export(src.runs())}
+    assert len(ledger["runs"]) == 3
+    dst = _log(tmp_path, "b.db")
+    assert import_runs(dst, ledger, "runs.json") == (3, 0)
+    a = {(r.kind, r.key): r for r in src.runs()}
+    b = {(r.kind, r.key): r for r in dst.runs()}
+    assert a.keys() == b.keys()
+    for k, ra in a.items():
+        rb = b[k]
+        assert rb.metrics == ra.metrics  # exact floats, logged_at included (it orders reruns of a key)
+        assert rb.params == ra.params
+        assert {t: v for t, v in rb.tags.items() if t in ra.tags and not t.startswith("mlflow.")} == \
+            {t: v for t, v in ra.tags.items() if not t.startswith("mlflow.")}
+        assert rb.tags[ORIGIN] == ra.run_id and rb.tags[IMPORTED_FROM] == "runs.json"
+    assert dst.by_key("evaluation")["m|layer|3,4"].tags["tasks_done"] == "piqa:10"
+    # a second import is a no-op; a run logged later in the destination is kept, not duplicated
+    assert import_runs(dst, ledger, "runs.json") == (0, 3)
+    assert len(dst.runs(finished_only=False)) == 3
+
+
+def test_import_refuses_another_grid_and_keyless_runs(tmp_path: Path) -> None:
+    src = _log(tmp_path, "a.db")
+    _fill(src)
+    runs = export(src.runs())
+    with pytest.raises(LedgerMismatchError, match="grid 'fp1'.*'fp2'"):
+        import_runs(_log(tmp_path, "c.db", "fp2"), {"fingerprint": "fp1", "runs": runs}, "runs.json")
+    bad = [dict(runs[0], tags={"model": "m"})]
+    with pytest.raises(LedgerMismatchError, match="no 'study.kind'"):
+        import_runs(_log(tmp_path, "d.db"), {"fingerprint": "fp1", "runs": bad}, "runs.json")
