@@ -78,7 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_report:
         out = args.out or Path("docs") / ("RESULTS-quick.md" if spec.quick else "RESULTS.md")
         given = list(argv if argv is not None else sys.argv[1:])
-        shown = [a for a in given if a not in ("--report-only", "--no-report", "-v", "--verbose")]
+        shown = [a for i, a in enumerate(given) if a not in ("--report-only", "--no-report", "-v", "--verbose")
+                 and not a.startswith("--import-runs") and (i == 0 or given[i - 1] != "--import-runs")]
         path = write_report(spec, uri, out, command=" ".join(["python -m blockprune.jobs.study", *shown]))
         print(f"[study] report: {path}")
     return 0

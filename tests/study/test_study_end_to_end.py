@@ -8,6 +8,7 @@ run stopped by its time budget says the report is partial.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,21 @@ def test_micro_study_report_traces_to_mlflow_and_store(tmp_path: Path, capsys: p
     assert main(args) == 0
     assert "0 selections, 0 perplexity and 0 lm-eval evaluations this run" in capsys.readouterr().out
     assert len(slog.runs(finished_only=False)) == len(runs)
+
+    # the exported runs.json carries the study to a fresh store: same report (up to run ids), nothing redone
+    uri2, out2 = f"sqlite:///{tmp_path / 'elsewhere.db'}", tmp_path / "docs2" / "RESULTS.md"
+    ledger = out.parent / "results" / "runs.json"
+    args2 = ["--spec", str(spec_path), "--tracking-uri", uri2, "--out", str(out2), "--import-runs", str(ledger)]
+    assert main(args2) == 0
+    printed = capsys.readouterr().out
+    assert f"imported {len(runs)} runs" in printed
+    assert "0 selections, 0 perplexity and 0 lm-eval evaluations this run" in printed
+
+    def body(t: str) -> list[str]:
+        return [re.sub(r"`[0-9a-f]{8}`", "ID", line) for line in t.splitlines() if "blockprune.jobs.study" not in line]
+
+    assert body(out2.read_text()) == body(text)
+    assert "--import-runs" not in out2.read_text()  # a one-off step, not part of the command to rerun
 
 
 def test_time_budget_leaves_a_partial_report(tmp_path: Path) -> None:
