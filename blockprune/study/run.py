@@ -13,11 +13,13 @@ other calibrations' plans; then lm-eval of those (when the spec's ``lm_eval_scop
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from blockprune.study.record import (
@@ -26,6 +28,7 @@ from blockprune.study.record import (
     StudyLog,
     blocks_text,
     calibration_key,
+    import_runs,
     method_id,
     parse_blocks,
     plan_key,
@@ -287,11 +290,6 @@ def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
 
 def import_study_runs(spec: StudySpec, tracking_uri: str, path: Any) -> tuple[int, int]:
     """Load a report's ``runs.json`` into the tracking store (see :func:`record.import_runs`)."""
-    import json
-    from pathlib import Path
-
-    from blockprune.study.record import import_runs
-
     ledger = json.loads(Path(path).read_text())
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
     return import_runs(slog, ledger, str(path))
