@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +115,20 @@ def dropped_figure(study: Study, model: str, granularity: str, n_prune: int, n_b
 # ----------------------------------------------------------------------------------------------- markdown
 
 
+def _spread(values: list[float], n_plans: int, centre: Callable[[list[float]], float], digits: int = 2) -> str:
+    """``centre (min–max)`` over the calibrations' plans; says how many are in it while some are unmeasured."""
+    if len(values) < 2:
+        return "–"
+    text = f"{fmt(centre(values), digits)} ({fmt(min(values), digits)}–{fmt(max(values), digits)})"
+    return text if len(values) >= n_plans else f"{text}, {len(values)} of {n_plans}"
+
+
 def _row_cells(study: Study, r: Row, with_tasks: bool) -> list[str]:
-    spread = (f"{fmt(geomean(r.ppl_ratio_all))} ({fmt(min(r.ppl_ratio_all))}–{fmt(max(r.ppl_ratio_all))})"
-              if len(r.ppl_ratio_all) > 1 else "–")
     cells = [display(r.method), _blocks(r.blocks)] + [fmt(r.ppl.get(c)) for c in study.corpora]
-    cells += [fmt(r.ppl_ratio), spread]
+    cells += [fmt(r.ppl_ratio), _spread(r.ppl_ratio_all, r.n_calibrations, geomean)]
     if with_tasks:
-        acc_spread = (f"{fmt(sum(r.acc_all) / len(r.acc_all), 3)} ({fmt(min(r.acc_all), 3)}–{fmt(max(r.acc_all), 3)})"
-                      if len(r.acc_all) > 1 else "–")
-        cells += [fmt(r.avg_acc, 3), fmt(r.rel, 1), acc_spread]
+        cells += [fmt(r.avg_acc, 3), fmt(r.rel, 1),
+                  _spread(r.acc_all, r.n_calibrations, lambda v: sum(v) / len(v), 3)]
     cells += [fmt(r.stability), f"`{short(r.evaluation_run)}`"]
     return cells
 
@@ -433,7 +438,8 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         + ".", "",
         "**Columns.** *dropped (ref.)*: the reference calibration's plan. *ppl×*: its perplexity ÷ the dense "
         "model's, geometric mean over the evaluation corpora. *ppl× all cal.*: the same for every calibration's "
-        "plan, geometric mean (min–max). *avg acc*: mean over the tasks of acc_norm where defined, else acc. "
+        "plan, geometric mean (min–max), with how many of the plans it covers while some are not measured yet. "
+        "*avg acc*: mean over the tasks of acc_norm where defined, else acc. "
         "*rel. %*: avg acc ÷ dense avg acc (ShortGPT's *rel.*). *avg acc all cal.*: avg acc of every calibration's "
         "plan that has lm-eval results, mean (min–max). *stability J*: mean pairwise Jaccard of the "
         "dropped blocks over all calibrations. With lm-eval limits of tens of questions per task, one task's "

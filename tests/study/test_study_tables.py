@@ -104,6 +104,8 @@ def test_render_names_runs_and_flags_partial(study: Study, tmp_path: Path) -> No
     assert "> **Partial results.** 8 of 16 selections" in text
     assert "| ShortGPT (BI) | 3 4 | 20.00 | 80.00 | 2.83 |" in text
     assert "`ev000002`" in text
+    # every calibration's ShortGPT plan has a perplexity; one of three has no accuracy yet, and the cell says so
+    assert "| 2.83 | 2.83 (2.83–2.83) | 0.600 | 85.7 | 0.600 (0.600–0.600), 2 of 3 |" in text
     assert (tmp_path / "m-layer-ppl.png").stat().st_size > 1000
 
 
