@@ -363,7 +363,7 @@ def infeasible_section(study: Study) -> list[str]:
     rows = [[r.tags.get("model", ""), f"{r.tags.get('corpus')} seed {r.tags.get('seed')}",
              display(r.tags.get("label") or method_id(r.tags.get("method", ""), r.tags.get("estimator"))),
              r.tags.get("granularity", ""),
-             r.tags.get("n_prune", ""), r.tags["infeasible"], f"`{short(r.run_id)}`"] for r in study.infeasible]
+             r.tags.get("n_prune", ""), r.tags.get("infeasible", "(reason not in this export)"), f"`{short(r.run_id)}`"] for r in study.infeasible]
     return lines + _table(["model", "calibration", "method", "granularity", "n_prune", "why", "run"], rows) + [""]
 
 

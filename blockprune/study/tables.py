@@ -118,8 +118,8 @@ class Study:
         infeasible: list[RunRecord] = []
         for r in sorted(runs, key=lambda r: r.metrics.get("logged_at", 0.0)):
             t = r.tags
-            if r.kind == "selection" and "infeasible" in t:
-                infeasible.append(r)
+            if r.kind == "selection" and ("infeasible" in t or "blocks" not in t):
+                infeasible.append(r)  # a selection without a plan is one the method could not make
             elif r.kind == "selection":
                 sels.append(Selection(
                     r.run_id, t["model"], t["corpus"], int(t["seed"]), t.get("reference") == "1",

@@ -121,6 +121,11 @@ def test_infeasible_selection_is_listed_not_evaluated(study: Study, tmp_path: Pa
         len(r.ppl_ratio_all) for r in study.rows(MODEL, "layer", 2)]
     text = "\n".join(infeasible_section(s2))
     assert "| m | b seed 1 | EntroDrop · KNN | layer | 2 | cannot drop 2 blocks: only 1 blocks after S_start | `sel00009` |" in text
+    # an export from before the reason was kept (no blocks, no reason) is still an infeasible selection
+    del bad.tags["infeasible"]
+    s3 = Study.from_runs([*_runs(study), bad], TASKS, CORPORA, [MODEL])
+    assert s3.infeasible == [bad]
+    assert "| 2 | (reason not in this export) | `sel00009` |" in "\n".join(infeasible_section(s3))
 
 
 def _runs(study: Study) -> list[RunRecord]:
