@@ -179,7 +179,7 @@ def import_runs(slog: StudyLog, ledger: Mapping[str, Any], source: str) -> tuple
     if ledger.get("fingerprint") != slog.fingerprint:
         raise LedgerMismatchError(f"{source} holds grid {ledger.get('fingerprint')!r}, this spec's grid is "
                                   f"{slog.fingerprint!r}: its runs were measured with other settings")
-    from mlflow.entities import Metric, Param
+    from mlflow.entities import Metric
 
     have = {(r.kind, r.key) for r in slog.runs()}
     imported = skipped = 0
@@ -191,15 +191,13 @@ def import_runs(slog: StudyLog, ledger: Mapping[str, Any], source: str) -> tuple
         if (kind, key) in have:
             skipped += 1
             continue
-        tags |= {STUDY: slog.study, FINGERPRINT: slog.fingerprint, IMPORTED_FROM: source}
+        tags = {k: v for k, v in tags.items() if k not in (KIND, KEY, STUDY, FINGERPRINT)} | {IMPORTED_FROM: source}
         tags.setdefault(ORIGIN, str(rec.get("run_id", "")))
-        run = slog.client.create_run(slog.experiment_id, run_name=key, tags=tags)
-        rid = run.info.run_id
+        rid = slog.start(kind, key, key, tags, params=rec.get("params"))  # the ledger's own git commit tag wins
         ts = int(time.time() * 1000)
-        params = [Param(k, str(v)) for k, v in rec.get("params", {}).items()]
         metrics = [Metric(k, float(v), ts, 0) for k, v in rec.get("metrics", {}).items()]
-        for i in range(0, max(len(params), len(metrics), 1), 90):
-            slog.client.log_batch(rid, metrics=metrics[i : i + 90], params=params[i : i + 90])
+        for i in range(0, len(metrics), 90):  # not slog.log: that would stamp a new logged_at
+            slog.client.log_batch(rid, metrics=metrics[i : i + 90])
         slog.finish(rid)
         have.add((kind, key))
         imported += 1
