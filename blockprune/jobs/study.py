@@ -44,7 +44,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--report-only", action="store_true", help="skip the runs; rebuild the report from MLflow")
     p.add_argument("--import-runs", type=Path, default=None, metavar="RUNS_JSON",
                    help="first recreate the finished runs of a report's runs.json (e.g. docs/results/runs.json) in "
-                        "the tracking store, so a study continues on another machine; runs already there are kept")
+                        "the tracking store, so a study continues on another machine; runs already there are kept, and "
+                        "gain the numbers only the file has (e.g. lm-eval measured elsewhere)")
     p.add_argument("--no-report", action="store_true", help="run only; write no report")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -68,8 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_store(uri, 5.0, "start it or fix --tracking-uri / MLFLOW_TRACKING_URI")
         validate(spec)
         if args.import_runs is not None:
-            n_new, n_kept = import_study_runs(spec, uri, args.import_runs)
-            print(f"[study] imported {n_new} runs from {args.import_runs} ({n_kept} already in the store)")
+            n = import_study_runs(spec, uri, args.import_runs)
+            print(f"[study] imported {n.imported} runs from {args.import_runs}, added numbers to {n.merged} "
+                  f"runs of the store, {n.kept} already there")
         if not args.report_only:
             run_study(spec, uri, max_minutes=args.max_minutes)
     except (StudySpecError, TrackingUnavailableError, ValueError, KeyError, OSError) as e:

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from blockprune.tracking.tracker import GIT_TAG, git_commit
 
@@ -153,7 +153,7 @@ class StudyLog:
 
 
 SYSTEM_TAG_PREFIX = "mlflow."
-ORIGIN, IMPORTED_FROM = "study.origin_run_id", "study.imported_from"
+ORIGIN, IMPORTED_FROM, MERGED_FROM = "study.origin_run_id", "study.imported_from", "study.merged_from"
 
 
 def export(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
@@ -169,36 +169,77 @@ class LedgerMismatchError(ValueError):
     """The exported runs belong to another grid: importing them would mix numbers measured differently."""
 
 
-def import_runs(slog: StudyLog, ledger: Mapping[str, Any], source: str) -> tuple[int, int]:
-    """Recreate a ledger's runs (``runs.json``) in ``slog``'s store; returns (imported, skipped).
+class ImportCounts(NamedTuple):
+    """What :func:`import_runs` did with a ledger's runs."""
+
+    imported: int  # recreated: the store had no finished run of that kind and key
+    merged: int  # the store's run lacked numbers the ledger has (lm-eval measured elsewhere): added to it
+    kept: int  # the store already had them, or measured the key differently (the store's numbers win)
+
+
+def _extension(have: RunRecord, rec: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]] | None:
+    """Metrics and tags the ledger's run adds to the store's run of the same key, or None when the two
+    disagree on a number they share (two measurements: neither is silently overwritten). Timings may
+    differ: the same plan measured on two machines costs two different times."""
+    metrics = {k: float(v) for k, v in rec.get("metrics", {}).items()}
+    shared = {k for k in set(metrics) & set(have.metrics) if k != "logged_at" and not k.endswith("_seconds")}
+    if any(metrics[k] != have.metrics[k] for k in shared):
+        return None
+    new_metrics = {k: v for k, v in metrics.items() if k not in have.metrics and k != "logged_at"}
+    tags = {k: str(v) for k, v in rec.get("tags", {}).items()
+            if not k.startswith(SYSTEM_TAG_PREFIX) and k not in (KIND, KEY, STUDY, FINGERPRINT, ORIGIN, GIT_TAG, IMPORTED_FROM)}
+    if any(have.tags[k] != v for k, v in tags.items() if k in have.tags):
+        return None
+    if new_metrics and metrics.get("logged_at", 0.0) > have.metrics.get("logged_at", 0.0):
+        new_metrics["logged_at"] = metrics["logged_at"]  # when the newest of its numbers was measured
+    return new_metrics, {k: v for k, v in tags.items() if k not in have.tags}
+
+
+def import_runs(slog: StudyLog, ledger: Mapping[str, Any], source: str) -> ImportCounts:
+    """Recreate a ledger's runs (``runs.json``) in ``slog``'s store.
 
     Why: a study takes hours of CPU and its MLflow store lives on one machine; the committed ledger lets
     another machine resume it, or rebuild the report, without redoing finished work. A run whose kind and
-    key already has a finished run is skipped, so importing twice is harmless. Each new run keeps the
-    original run id (tag ``study.origin_run_id``) and says where it came from."""
+    key already has a finished run is not duplicated: numbers the ledger has and the store's run lacks
+    (perplexity measured here, lm-eval there) are added to it, numbers both have must agree, so importing
+    twice is harmless. Each new run keeps the original run id (tag ``study.origin_run_id``) and says where
+    it came from."""
     if ledger.get("fingerprint") != slog.fingerprint:
         raise LedgerMismatchError(f"{source} holds grid {ledger.get('fingerprint')!r}, this spec's grid is "
                                   f"{slog.fingerprint!r}: its runs were measured with other settings")
-    from mlflow.entities import Metric
-
-    have = {(r.kind, r.key) for r in slog.runs()}
-    imported = skipped = 0
+    have = {(r.kind, r.key): r for r in sorted(slog.runs(), key=lambda r: r.metrics.get("logged_at", 0.0))}
+    imported = merged = kept = 0
     for rec in ledger.get("runs", []):
         tags = {k: str(v) for k, v in rec.get("tags", {}).items() if not k.startswith(SYSTEM_TAG_PREFIX)}
         kind, key = tags.get(KIND, ""), tags.get(KEY, "")
         if not kind or not key:
             raise LedgerMismatchError(f"{source}: run {rec.get('run_id')!r} has no {KIND!r} / {KEY!r} tag")
         if (kind, key) in have:
-            skipped += 1
+            ext = _extension(have[(kind, key)], rec)
+            if ext is None or not ext[0]:
+                kept += 1
+                continue
+            rid = have[(kind, key)].run_id
+            _log_exact(slog, rid, ext[0], ext[1] | {MERGED_FROM: source})
+            merged += 1
+            have[(kind, key)] = RunRecord(rid, have[(kind, key)].tags | ext[1], have[(kind, key)].metrics | ext[0])
             continue
         tags = {k: v for k, v in tags.items() if k not in (KIND, KEY, STUDY, FINGERPRINT)} | {IMPORTED_FROM: source}
         tags.setdefault(ORIGIN, str(rec.get("run_id", "")))
         rid = slog.start(kind, key, key, tags, params=rec.get("params"))  # the ledger's own git commit tag wins
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, 0) for k, v in rec.get("metrics", {}).items()]
-        for i in range(0, len(metrics), 90):  # not slog.log: that would stamp a new logged_at
-            slog.client.log_batch(rid, metrics=metrics[i : i + 90])
+        _log_exact(slog, rid, {k: float(v) for k, v in rec.get("metrics", {}).items()}, {})
         slog.finish(rid)
-        have.add((kind, key))
+        have[(kind, key)] = RunRecord(rid, tags, dict(rec.get("metrics", {})))
         imported += 1
-    return imported, skipped
+    return ImportCounts(imported, merged, kept)
+
+
+def _log_exact(slog: StudyLog, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+    """Not ``slog.log``: that would stamp a new ``logged_at`` over the one measured."""
+    from mlflow.entities import Metric, RunTag
+
+    ts = int(time.time() * 1000)
+    ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items()]
+    ts_tags = [RunTag(k, v) for k, v in tags.items()]
+    for i in range(0, max(len(ms), len(ts_tags)), 90):
+        slog.client.log_batch(run_id, metrics=ms[i : i + 90], tags=ts_tags[i : i + 90])

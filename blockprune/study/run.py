@@ -24,6 +24,7 @@ from typing import Any
 
 from blockprune.study.record import (
     DENSE,
+    ImportCounts,
     RunRecord,
     StudyLog,
     blocks_text,
@@ -288,7 +289,7 @@ def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
     return out
 
 
-def import_study_runs(spec: StudySpec, tracking_uri: str, path: Any) -> tuple[int, int]:
+def import_study_runs(spec: StudySpec, tracking_uri: str, path: Any) -> ImportCounts:
     """Load a report's ``runs.json`` into the tracking store (see :func:`record.import_runs`)."""
     ledger = json.loads(Path(path).read_text())
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)

@@ -8,6 +8,7 @@ import pytest
 
 from blockprune.study.record import (
     IMPORTED_FROM,
+    MERGED_FROM,
     ORIGIN,
     LedgerMismatchError,
     StudyLog,
@@ -42,7 +43,7 @@ def test_round_trip_recreates_every_finished_run(tmp_path: Path) -> None:
     ledger = {"fingerprint": "fp1", "runs": export(src.runs())}
     assert len(ledger["runs"]) == 3
     dst = _log(tmp_path, "b.db")
-    assert import_runs(dst, ledger, "runs.json") == (3, 0)
+    assert import_runs(dst, ledger, "runs.json") == (3, 0, 0)
     a = {(r.kind, r.key): r for r in src.runs()}
     b = {(r.kind, r.key): r for r in dst.runs()}
     assert a.keys() == b.keys()
@@ -55,7 +56,7 @@ def test_round_trip_recreates_every_finished_run(tmp_path: Path) -> None:
         assert rb.tags[ORIGIN] == ra.run_id and rb.tags[IMPORTED_FROM] == "runs.json"
     assert dst.by_key("evaluation")["m|layer|3,4"].tags["tasks_done"] == "piqa:10"
     # a second import is a no-op; a run logged later in the destination is kept, not duplicated
-    assert import_runs(dst, ledger, "runs.json") == (0, 3)
+    assert import_runs(dst, ledger, "runs.json") == (0, 0, 3)
     assert len(dst.runs(finished_only=False)) == 3
 
 
@@ -68,3 +69,39 @@ def test_import_refuses_another_grid_and_keyless_runs(tmp_path: Path) -> None:
     bad = [dict(runs[0], tags={"model": "m"})]
     with pytest.raises(LedgerMismatchError, match="no 'study.kind'"):
         import_runs(_log(tmp_path, "d.db"), {"fingerprint": "fp1", "runs": bad}, "runs.json")
+
+
+def _ppl_only(slog: StudyLog, ppl: float, seconds: float) -> str:
+    rid = slog.start("evaluation", "m|layer|3,4", "ev", {"model": "m", "blocks": "3,4"})
+    slog.log(rid, {"ppl.a": ppl, "ppl_seconds": seconds})
+    slog.finish(rid)
+    return rid
+
+
+def test_import_adds_lm_eval_measured_elsewhere_to_the_same_plan(tmp_path: Path) -> None:
+    """Perplexity measured on both machines, lm-eval only on the other: the store's run gains it."""
+    here, there = _log(tmp_path, "here.db"), _log(tmp_path, "there.db")
+    mine = _ppl_only(here, 12.5, 40.0)
+    theirs = _ppl_only(there, 12.5, 55.0)  # same number, another machine's timing
+    there.log(theirs, {"piqa.acc": 0.62, "lm_eval_seconds": 70.0}, tags={"tasks_done": "piqa:10;bfloat16"})
+    ledger = {"fingerprint": "fp1", "runs": export(there.runs())}
+    before = here.runs()[0].metrics["logged_at"]
+    assert import_runs(here, ledger, "runs.json") == (0, 1, 0)
+    (run,) = here.runs(finished_only=False)  # no second run of the key
+    assert run.run_id == mine
+    assert run.metrics["piqa.acc"] == 0.62 and run.tags["tasks_done"] == "piqa:10;bfloat16"
+    assert run.metrics["ppl_seconds"] == 40.0  # the store's own timing is kept
+    assert run.metrics["logged_at"] == ledger["runs"][0]["metrics"]["logged_at"] > before
+    assert run.tags[MERGED_FROM] == "runs.json"
+    assert here.by_key("evaluation")["m|layer|3,4"].metrics["piqa.acc"] == 0.62
+    assert import_runs(here, ledger, "runs.json") == (0, 0, 1)  # nothing left to add
+
+
+def test_import_never_overwrites_a_number_measured_differently(tmp_path: Path) -> None:
+    here, there = _log(tmp_path, "here.db"), _log(tmp_path, "there.db")
+    _ppl_only(here, 12.5, 40.0)
+    theirs = _ppl_only(there, 13.0, 40.0)
+    there.log(theirs, {"piqa.acc": 0.62}, tags={"tasks_done": "piqa:10;bfloat16"})
+    assert import_runs(here, {"fingerprint": "fp1", "runs": export(there.runs())}, "runs.json") == (0, 0, 1)
+    (run,) = here.runs()
+    assert run.metrics["ppl.a"] == 12.5 and "piqa.acc" not in run.metrics and "tasks_done" not in run.tags
