@@ -18,6 +18,10 @@ from blockprune.study.record import StudyLog, export, method_id, plan_key
 from blockprune.study.spec import StudySpec
 from blockprune.study.tables import Row, Study, display, geomean
 
+# Standard error of an average accuracy over the study's 9 tasks at ~50 questions each:
+# sqrt(0.5 · 0.5 / 50) / sqrt(9) ≈ 0.024. A win by less than this is not told apart from a tie.
+ACC_NOISE = 0.025
+
 
 def fmt(v: float | None, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -291,7 +295,7 @@ def summary_section(study: Study) -> list[str]:
     """Sentences computed from the rows: winners per cell and the papers' claims, counted."""
     lines = ["## Summary (generated from the tables below)", ""]
     claims: dict[str, list[bool]] = {"entro": [], "mi": [], "mi_vs_entro": []}
-    claims_acc: dict[str, list[bool]] = {"entro": [], "mi": []}
+    claims_acc: dict[str, list[float]] = {"entro": [], "mi": []}  # best avg acc − ShortGPT's, per cell
     for m in study.models:
         for gran in ("layer", "attention"):
             for n in study.cells(m, gran):
@@ -317,9 +321,9 @@ def summary_section(study: Study) -> list[str]:
                         ea = [r.avg_acc for r in entro if r.avg_acc is not None]
                         ma = [r.avg_acc for r in mi if r.avg_acc is not None]
                         if ea:
-                            claims_acc["entro"].append(max(ea) > sg.avg_acc)
+                            claims_acc["entro"].append(max(ea) - sg.avg_acc)
                         if ma:
-                            claims_acc["mi"].append(max(ma) > sg.avg_acc)
+                            claims_acc["mi"].append(max(ma) - sg.avg_acc)
                 if mi and entro:
                     claims["mi_vs_entro"].append(min(r.ppl_ratio for r in mi)  # type: ignore[type-var]
                                                  < min(r.ppl_ratio for r in entro))  # type: ignore[type-var]
@@ -328,14 +332,20 @@ def summary_section(study: Study) -> list[str]:
     def count(v: list[bool]) -> str:
         return f"{sum(v)} of {len(v)}" if v else "no"
 
+    def count_acc(diffs: list[float]) -> str:
+        """Wins by accuracy, and how many of them exceed the noise of a limited lm-eval run."""
+        clear = sum(d > ACC_NOISE for d in diffs)
+        return (f"; by average accuracy in {count([d > 0 for d in diffs])} (by more than ±{ACC_NOISE} in "
+                f"{clear})") if diffs else ""
+
     lines += [
         "The papers' claims, counted over the (model, granularity, n_prune) cells above, on the reference "
         "calibration's plans (perplexity: geometric mean over the evaluation corpora):", "",
         f"- *EntroDrop beats ShortGPT's BI* (best of its entropy estimators, lower perplexity): "
         f"holds in {count(claims['entro'])} cells"
-        + (f"; by average accuracy in {count(claims_acc['entro'])}" if claims_acc["entro"] else "") + ".",
+        + count_acc(claims_acc["entro"]) + ".",
         f"- *MI-PRUN beats ShortGPT* (best of greedy / FBS / brute force): holds in {count(claims['mi'])} cells"
-        + (f"; by average accuracy in {count(claims_acc['mi'])}" if claims_acc["mi"] else "") + ".",
+        + count_acc(claims_acc["mi"]) + ".",
         f"- *MI-PRUN beats EntroDrop*: holds in {count(claims['mi_vs_entro'])} cells.",
     ]
     stab = []
@@ -443,7 +453,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         "*rel. %*: avg acc ÷ dense avg acc (ShortGPT's *rel.*). *avg acc all cal.*: avg acc of every calibration's "
         "plan that has lm-eval results, mean (min–max). *stability J*: mean pairwise Jaccard of the "
         "dropped blocks over all calibrations. With lm-eval limits of tens of questions per task, one task's "
-        "accuracy has a standard error of about ±0.07 and the average about ±0.025: read accuracy differences "
+        f"accuracy has a standard error of about ±0.07 and the average about ±{ACC_NOISE}: read accuracy differences "
         "below that as ties; perplexity is the sharper signal.", "",
     ]
     lines += headline(study, "layer") + headline(study, "attention")

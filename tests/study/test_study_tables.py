@@ -93,6 +93,16 @@ def test_summary_counts_claims(study: Study) -> None:
     assert "lowest perplexity: EntroDrop · KNN (ppl× 1.50)" in text
     assert "*EntroDrop beats ShortGPT's BI* (best of its entropy estimators, lower perplexity): holds in 1 of 1" in text
     assert "*MI-PRUN beats ShortGPT* (best of greedy / FBS / brute force): holds in 0 of 1" in text
+    # EntroDrop's plan scores 0.70 against ShortGPT's 0.60: a win beyond the noise of 50-question tasks
+    assert "lower perplexity): holds in 1 of 1 cells; by average accuracy in 1 of 1 (by more than ±0.025 in 1)." in text
+    assert "brute force): holds in 0 of 1 cells; by average accuracy in 0 of 1 (by more than ±0.025 in 0)." in text
+
+
+def test_accuracy_win_within_noise_is_counted_apart(study: Study) -> None:
+    runs = [r for r in _runs(study) if r.key != plan_key(MODEL, "layer", (1, 2))]
+    runs.append(_eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0, 0.61, 0.61))  # 0.61 vs ShortGPT's 0.60
+    text = "\n".join(summary_section(Study.from_runs(runs, TASKS, CORPORA, [MODEL])))
+    assert "by average accuracy in 1 of 1 (by more than ±0.025 in 0)." in text
 
 
 def test_render_names_runs_and_flags_partial(study: Study, tmp_path: Path) -> None:
