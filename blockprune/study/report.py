@@ -58,51 +58,71 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+MARKERS = "osD^vPX"  # shrinking markers of distinct shapes: methods that chose the same plans stay visible
+FAMILIES = (("base", "ShortGPT and baselines"), ("entrodrop", "EntroDrop"), ("mi", "MI-PRUN"))
+
+
+def family(method: str) -> str:
+    """Which paper a report row belongs to: one figure panel each, so 14 methods stay readable."""
+    return "entrodrop" if method.startswith("entrodrop") else "mi" if method.startswith("mi_") else "base"
+
+
 def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
-    """ppl× (log scale, min–max over calibrations as a band) or average accuracy vs blocks pruned."""
+    """ppl× (log scale, min–max over calibrations as a band) or average accuracy vs blocks pruned; one
+    panel per method family on a shared y axis, ShortGPT (black) repeated in each as the yardstick."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.0))
     cells = study.cells(model, granularity)
     by_n = {n: {r.method: r for r in study.rows(model, granularity, n)} for n in cells}  # once, not per method
-    for i, mid in enumerate(study.methods(model, granularity)):
-        xs, ys, lo, hi = [], [], [], []
-        for n in cells:
-            row = by_n[n].get(mid)
-            if row is None:
-                continue
-            y = row.ppl_ratio if what == "ppl" else row.avg_acc
-            if y is None:
-                continue
-            xs.append(n)
-            ys.append(y)
-            span = (row.ppl_ratio_all if what == "ppl" else row.acc_all) or [y]
-            lo.append(min(span))
-            hi.append(max(span))
-        if not xs:
-            continue
-        color = plt.get_cmap("tab20")(i % 20)  # 14+ methods: 10 default colours would repeat
-        style = "-" if i < 10 else "--"
-        ax.plot(xs, ys, style, marker="o", ms=4, lw=1.3, color=color, label=display(mid))
-        if any(h > low for h, low in zip(hi, lo, strict=True)):
-            ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
-    if what == "ppl":
-        ax.set_yscale("log")
-        ax.set_ylabel("perplexity ÷ dense (geo-mean over corpora)")
-    else:
-        dense = study.avg_accuracy(study.dense(model))
+    methods = study.methods(model, granularity)
+    panels = [(f, title, [m for m in methods if family(m) == f]) for f, title in FAMILIES]
+    panels = [p for p in panels if p[2]]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.0 * len(panels) + 0.6, 4.4), sharey=True, squeeze=False)
+    dense = study.avg_accuracy(study.dense(model)) if what == "acc" else None
+    for ax, (fam, title, members) in zip(axes[0], panels, strict=True):
+        shown = members if fam == "base" or "shortgpt" not in methods else ["shortgpt", *members]
+        for i, mid in enumerate(shown):
+            color = "k" if mid == "shortgpt" else plt.get_cmap("tab10")(i % 10)
+            _curve(ax, by_n, cells, mid, what, color, MARKERS[i % len(MARKERS)], 7.0 - 0.6 * (i % len(MARKERS)),
+                   yardstick=mid == "shortgpt" and fam != "base")
         if dense is not None:
             ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
-        ax.set_ylabel("average accuracy")
-    ax.set_xlabel(f"{granularity} blocks pruned")
-    ax.set_xticks(cells)
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{model}: {granularity} pruning", fontsize=10)
-    ax.legend(fontsize=7, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.set_xlabel(f"{granularity} blocks pruned")
+        ax.set_xticks(cells)
+        ax.grid(alpha=0.3)
+        ax.set_title("ShortGPT" if members == ["shortgpt"] else title, fontsize=9)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
+    if what == "ppl":
+        axes[0][0].set_yscale("log")
+        axes[0][0].set_ylabel("perplexity ÷ dense (geo-mean over corpora)")
+    else:
+        axes[0][0].set_ylabel("average accuracy")
+    fig.suptitle(f"{model}: {granularity} pruning (band: min–max over calibrations)", fontsize=10)
     return fig
+
+
+def _curve(ax: Any, by_n: dict[int, dict[str, Row]], cells: Sequence[int], mid: str, what: str, color: Any,
+           marker: str, size: float, yardstick: bool) -> None:
+    xs, ys, lo, hi = [], [], [], []
+    for n in cells:
+        row = by_n[n].get(mid)
+        y = None if row is None else row.ppl_ratio if what == "ppl" else row.avg_acc
+        if row is None or y is None:
+            continue
+        xs.append(n)
+        ys.append(y)
+        span = (row.ppl_ratio_all if what == "ppl" else row.acc_all) or [y]
+        lo.append(min(span))
+        hi.append(max(span))
+    if not xs:
+        return
+    ax.plot(xs, ys, "--" if yardstick else "-", marker=marker, ms=size, lw=1.1 if yardstick else 1.4, color=color,
+            alpha=0.7 if yardstick else 1.0, label=display(mid))
+    if not yardstick and any(h > low for h, low in zip(hi, lo, strict=True)):
+        ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
 
 
 def dropped_figure(study: Study, model: str, granularity: str, n_prune: int, n_blocks: int) -> Any:

@@ -119,6 +119,22 @@ def test_render_names_runs_and_flags_partial(study: Study, tmp_path: Path) -> No
     assert (tmp_path / "m-layer-ppl.png").stat().st_size > 1000
 
 
+def test_curves_get_one_panel_per_family_with_shortgpt_as_yardstick(study: Study) -> None:
+    import matplotlib.pyplot as plt
+
+    from blockprune.study.report import curve_figure
+
+    fig = curve_figure(study, MODEL, "layer", "acc")
+    try:
+        titles = [ax.get_title() for ax in fig.axes]
+        labels = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    finally:
+        plt.close(fig)
+    assert titles == ["ShortGPT", "EntroDrop", "MI-PRUN"]
+    assert labels == [["ShortGPT (BI)", "dense"], ["ShortGPT (BI)", "EntroDrop · KNN", "dense"],
+                      ["ShortGPT (BI)", "MI-PRUN FBS", "MI-PRUN brute force", "dense"]]
+
+
 def test_infeasible_selection_is_listed_not_evaluated(study: Study, tmp_path: Path) -> None:
     from blockprune.study.report import infeasible_section
 
