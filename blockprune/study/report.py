@@ -18,10 +18,6 @@ from blockprune.study.record import StudyLog, export, method_id, plan_key
 from blockprune.study.spec import StudySpec
 from blockprune.study.tables import Row, Study, display, geomean
 
-# Standard error of an average accuracy over the study's 9 tasks at ~50 questions each:
-# sqrt(0.5 · 0.5 / 50) / sqrt(9) ≈ 0.024. A win by less than this is not told apart from a tie.
-ACC_NOISE = 0.025
-
 
 def fmt(v: float | None, digits: int = 2) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -311,6 +307,15 @@ def _best(rows: list[Row], key: str) -> Row | None:
     return min(vals, key=lambda r: r.ppl_ratio) if key == "ppl_ratio" else max(vals, key=lambda r: r.avg_acc)
 
 
+def _noise_text(study: Study) -> str:
+    noise = study.accuracy_noise()
+    if noise is None:
+        return ""
+    return (f" With the lm-eval limits above, one task's accuracy has a standard error of about ±{noise[0]:.3f} "
+            f"and the average about ±{noise[1]:.3f} (binomial, p = 0.5): read accuracy differences below that as "
+            "ties; perplexity is the sharper signal.")
+
+
 def summary_section(study: Study) -> list[str]:
     """Sentences computed from the rows: winners per cell and the papers' claims, counted."""
     lines = ["## Summary (generated from the tables below)", ""]
@@ -352,11 +357,17 @@ def summary_section(study: Study) -> list[str]:
     def count(v: list[bool]) -> str:
         return f"{sum(v)} of {len(v)}" if v else "no"
 
+    noise = study.accuracy_noise()
+
     def count_acc(diffs: list[float]) -> str:
         """Wins by accuracy, and how many of them exceed the noise of a limited lm-eval run."""
-        clear = sum(d > ACC_NOISE for d in diffs)
-        return (f"; by average accuracy in {count([d > 0 for d in diffs])} (by more than ±{ACC_NOISE} in "
-                f"{clear})") if diffs else ""
+        if not diffs:
+            return ""
+        text = f"; by average accuracy in {count([d > 0 for d in diffs])}"
+        if noise is not None:
+            text += (f" (by more than ±{noise[1]:.3f}, one standard error of an average accuracy, in "
+                     f"{sum(d > noise[1] for d in diffs)})")
+        return text
 
     lines += [
         "The papers' claims, counted over the (model, granularity, n_prune) cells above, on the reference "
@@ -472,9 +483,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         "*avg acc*: mean over the tasks of acc_norm where defined, else acc. "
         "*rel. %*: avg acc ÷ dense avg acc (ShortGPT's *rel.*). *avg acc all cal.*: avg acc of every calibration's "
         "plan that has lm-eval results, mean (min–max). *stability J*: mean pairwise Jaccard of the "
-        "dropped blocks over all calibrations. With lm-eval limits of tens of questions per task, one task's "
-        f"accuracy has a standard error of about ±0.07 and the average about ±{ACC_NOISE}: read accuracy differences "
-        "below that as ties; perplexity is the sharper signal.", "",
+        "dropped blocks over all calibrations." + _noise_text(study), "",
     ]
     lines += headline(study, "layer") + headline(study, "attention")
     lines += summary_section(study)

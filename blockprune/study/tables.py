@@ -144,6 +144,19 @@ class Study:
         accs = [task_accuracy(ev.metrics, t) for t in self.tasks]
         return None if any(a is None for a in accs) else sum(accs) / len(accs)  # type: ignore[arg-type]
 
+    def accuracy_noise(self) -> tuple[float, float] | None:
+        """Standard errors at p = 0.5 of one task's accuracy (median question count) and of the average over
+        the tasks, from the question counts lm-eval reported for a dense model. Why: with task limits of tens
+        of questions, accuracy differences below these are ties, and the report has to say how large they are
+        for the limits this study ran with (``None`` before any dense lm-eval)."""
+        for m in self.models:
+            ev = self.dense(m)
+            ns = [ev.metrics.get(f"{t}.n") for t in self.tasks] if ev is not None else []
+            if ns and all(n is not None and n > 0 for n in ns):
+                one = 0.5 / math.sqrt(sorted(ns)[len(ns) // 2])  # type: ignore[arg-type]
+                return one, math.sqrt(sum(0.25 / n for n in ns)) / len(ns)  # type: ignore[operator]
+        return None
+
     def ppl_ratio(self, model: str, ev: Evaluation | None) -> float | None:
         dense = self.dense(model)
         if ev is None or dense is None:

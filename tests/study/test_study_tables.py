@@ -29,12 +29,15 @@ def _sel(i: int, corpus: str, seed: int, method: str, est: str | None, n: int, b
 
 
 def _eval(i: int, key: str, ppl_a: float, ppl_b: float, piqa: float | None = None,
-          boolq: float | None = None) -> RunRecord:
+          boolq: float | None = None, n: float | None = 50.0) -> RunRecord:
     m = {"ppl.a": ppl_a, "ppl.b": ppl_b, "params_total": 1e6, "logged_at": float(100 + i)}
     if piqa is not None:
         m["piqa.acc"], m["piqa.acc_norm"] = piqa - 0.1, piqa  # acc_norm wins where defined
     if boolq is not None:
         m["boolq.acc"] = boolq
+    for task, acc in (("piqa", piqa), ("boolq", boolq)):
+        if acc is not None and n is not None:
+            m[f"{task}.n"] = n
     return RunRecord(f"ev{i:06d}yyyy", {"study.kind": "evaluation", "study.key": key}, m)
 
 
@@ -94,15 +97,24 @@ def test_summary_counts_claims(study: Study) -> None:
     assert "*EntroDrop beats ShortGPT's BI* (best of its entropy estimators, lower perplexity): holds in 1 of 1" in text
     assert "*MI-PRUN beats ShortGPT* (best of greedy / FBS / brute force): holds in 0 of 1" in text
     # EntroDrop's plan scores 0.70 against ShortGPT's 0.60: a win beyond the noise of 50-question tasks
-    assert "lower perplexity): holds in 1 of 1 cells; by average accuracy in 1 of 1 (by more than ±0.025 in 1)." in text
-    assert "brute force): holds in 0 of 1 cells; by average accuracy in 0 of 1 (by more than ±0.025 in 0)." in text
+    # 2 tasks of 50 questions: standard error of the average sqrt(2 · 0.25 / 50) / 2 = 0.050
+    assert study.accuracy_noise() == pytest.approx((0.5 / math.sqrt(50), 0.05))
+    assert "lower perplexity): holds in 1 of 1 cells; by average accuracy in 1 of 1 (by more than ±0.050, one " \
+           "standard error of an average accuracy, in 1)." in text
+    assert "brute force): holds in 0 of 1 cells; by average accuracy in 0 of 1 (by more than ±0.050, one " \
+           "standard error of an average accuracy, in 0)." in text
 
 
 def test_accuracy_win_within_noise_is_counted_apart(study: Study) -> None:
     runs = [r for r in _runs(study) if r.key != plan_key(MODEL, "layer", (1, 2))]
-    runs.append(_eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0, 0.61, 0.61))  # 0.61 vs ShortGPT's 0.60
+    runs.append(_eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0, 0.64, 0.64))  # 0.64 vs ShortGPT's 0.60
     text = "\n".join(summary_section(Study.from_runs(runs, TASKS, CORPORA, [MODEL])))
-    assert "by average accuracy in 1 of 1 (by more than ±0.025 in 0)." in text
+    assert "by average accuracy in 1 of 1 (by more than ±0.050, one standard error of an average accuracy, in 0)." in text
+    no_n = [r for r in runs if r.key != plan_key(MODEL, "", None)] + [_eval(1, plan_key(MODEL, "", None), 10.0,
+                                                                           20.0, 0.8, 0.6, n=None)]
+    s2 = Study.from_runs(no_n, TASKS, CORPORA, [MODEL])
+    assert s2.accuracy_noise() is None  # lm-eval did not say how many questions: no noise claimed
+    assert "by average accuracy in 1 of 1." in "\n".join(summary_section(s2))
 
 
 def test_render_names_runs_and_flags_partial(study: Study, tmp_path: Path) -> None:
