@@ -105,6 +105,18 @@ def test_summary_counts_claims(study: Study) -> None:
            "standard error of an average accuracy, in 0)." in text
 
 
+def test_accuracy_wins_name_the_task_that_carried_them(study: Study) -> None:
+    text = "\n".join(summary_section(study))
+    assert "- Accuracy wins over ShortGPT beyond the noise: 1; 1 of them still ahead by more than ±0.050" in text
+    assert ("  - m, 2 layers: EntroDrop · KNN 0.700 vs ShortGPT 0.600; largest task change piqa +0.10, without it "
+            "0.700 vs 0.600; ppl× 1.50 vs 2.83") in text
+    runs = [r for r in _runs(study) if r.key != plan_key(MODEL, "layer", (1, 2))]
+    runs.append(_eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0, 0.9, 0.6))  # all of the win is piqa's
+    text = "\n".join(summary_section(Study.from_runs(runs, TASKS, CORPORA, [MODEL])))
+    assert "beyond the noise: 1; 0 of them still ahead" in text
+    assert "largest task change piqa +0.30, without it 0.600 vs 0.600" in text
+
+
 def test_accuracy_win_within_noise_is_counted_apart(study: Study) -> None:
     runs = [r for r in _runs(study) if r.key != plan_key(MODEL, "layer", (1, 2))]
     runs.append(_eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0, 0.64, 0.64))  # 0.64 vs ShortGPT's 0.60
