@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from blockprune.tracking.tracker import GIT_TAG, git_commit
 
 KIND, KEY, STUDY, FINGERPRINT = "study.kind", "study.key", "study.name", "study.fingerprint"
+IDENTITY_TAGS = (KIND, KEY, STUDY, FINGERPRINT)  # set by StudyLog.start, never copied from a ledger
 DENSE = "dense"
 
 
@@ -137,14 +138,18 @@ class StudyLog:
         return run.info.run_id
 
     def log(self, run_id: str, metrics: Mapping[str, float] | None = None, tags: Mapping[str, Any] | None = None,
-            artifact: tuple[str, Any] | None = None) -> None:
+            artifact: tuple[str, Any] | None = None, stamp: bool = True) -> None:
+        """``stamp`` adds ``logged_at`` (now); an import passes False to keep the measured one it carries.
+        Batches of 90: MLflow caps a batch at 100 tags."""
         from mlflow.entities import Metric, RunTag
 
         ts = int(time.time() * 1000)
         ms = [Metric(k, float(v), ts, 0) for k, v in (metrics or {}).items() if v is not None]
-        ms.append(Metric("logged_at", time.time(), ts, 0))
+        if stamp:
+            ms.append(Metric("logged_at", time.time(), ts, 0))
         ts_tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
-        self.client.log_batch(run_id, metrics=ms, tags=ts_tags)
+        for i in range(0, max(len(ms), len(ts_tags)), 90):
+            self.client.log_batch(run_id, metrics=ms[i : i + 90], tags=ts_tags[i : i + 90])
         if artifact is not None:
             self.client.log_text(run_id, json.dumps(artifact[1], indent=1, default=str), artifact[0])
 
@@ -187,7 +192,7 @@ def _extension(have: RunRecord, rec: Mapping[str, Any]) -> tuple[dict[str, float
         return None
     new_metrics = {k: v for k, v in metrics.items() if k not in have.metrics and k != "logged_at"}
     tags = {k: str(v) for k, v in rec.get("tags", {}).items()
-            if not k.startswith(SYSTEM_TAG_PREFIX) and k not in (KIND, KEY, STUDY, FINGERPRINT, ORIGIN, GIT_TAG, IMPORTED_FROM)}
+            if not k.startswith(SYSTEM_TAG_PREFIX) and k not in (*IDENTITY_TAGS, ORIGIN, GIT_TAG, IMPORTED_FROM)}
     if any(have.tags[k] != v for k, v in tags.items() if k in have.tags):
         return None
     if new_metrics and metrics.get("logged_at", 0.0) > have.metrics.get("logged_at", 0.0):
@@ -220,26 +225,16 @@ def import_runs(slog: StudyLog, ledger: Mapping[str, Any], source: str) -> Impor
                 kept += 1
                 continue
             rid = have[(kind, key)].run_id
-            _log_exact(slog, rid, ext[0], ext[1] | {MERGED_FROM: source})
+            slog.log(rid, ext[0], ext[1] | {MERGED_FROM: source}, stamp=False)
             merged += 1
             have[(kind, key)] = RunRecord(rid, have[(kind, key)].tags | ext[1], have[(kind, key)].metrics | ext[0])
             continue
-        tags = {k: v for k, v in tags.items() if k not in (KIND, KEY, STUDY, FINGERPRINT)} | {IMPORTED_FROM: source}
+        tags = {k: v for k, v in tags.items() if k not in IDENTITY_TAGS} | {IMPORTED_FROM: source}
         tags.setdefault(ORIGIN, str(rec.get("run_id", "")))
         rid = slog.start(kind, key, key, tags, params=rec.get("params"))  # the ledger's own git commit tag wins
-        _log_exact(slog, rid, {k: float(v) for k, v in rec.get("metrics", {}).items()}, {})
+        slog.log(rid, rec.get("metrics", {}), stamp=False)
         slog.finish(rid)
         have[(kind, key)] = RunRecord(rid, tags, dict(rec.get("metrics", {})))
         imported += 1
     return ImportCounts(imported, merged, kept)
 
-
-def _log_exact(slog: StudyLog, run_id: str, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
-    """Not ``slog.log``: that would stamp a new ``logged_at`` over the one measured."""
-    from mlflow.entities import Metric, RunTag
-
-    ts = int(time.time() * 1000)
-    ms = [Metric(k, float(v), ts, 0) for k, v in metrics.items()]
-    ts_tags = [RunTag(k, v) for k, v in tags.items()]
-    for i in range(0, max(len(ms), len(ts_tags)), 90):
-        slog.client.log_batch(run_id, metrics=ms[i : i + 90], tags=ts_tags[i : i + 90])
