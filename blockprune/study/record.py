@@ -1,12 +1,14 @@
 """The study's MLflow records: what is logged, under which keys, and how it is read back.
 
-Every number the report prints comes from these runs. Three kinds, told apart by ``study.kind``:
+Every number the report prints comes from these runs. Four kinds, told apart by ``study.kind``:
 
 * ``calibration`` — one per model × corpus × seed: capture seconds and tokens, store checksum;
 * ``selection`` — one per trial (method × estimator × granularity × n_prune) of a calibration: the plan
   (tag ``blocks``, artifact ``plan.json``), scoring seconds, exact scores computed;
 * ``evaluation`` — one per *distinct* plan of a model (``plan_key``) and one for the dense model:
-  held-out perplexity per corpus, parameter counts, lm-eval accuracies.
+  held-out perplexity per corpus, parameter counts, lm-eval accuracies;
+* ``baseline`` — one per set of lm-eval documents (tasks × limits, key :func:`baseline_key`): what a random
+  guess and the best constant answer score on them, the floor every accuracy is read against.
 
 A run is looked up by ``study.key``; the study resumes by skipping keys that already have a finished run.
 """
@@ -37,6 +39,10 @@ def parse_blocks(text: str) -> tuple[int, ...]:
 def plan_key(model: str, granularity: str, blocks: Iterable[int] | None) -> str:
     """Identifies what is evaluated: the same blocks chosen by two methods are one model to measure."""
     return f"{model}|{DENSE}" if blocks is None else f"{model}|{granularity}|{blocks_text(blocks)}"
+
+
+def baseline_key(docs_tag: str) -> str:
+    return f"baseline|{docs_tag}"
 
 
 def params_text(params: Mapping[str, Any] | None) -> str:

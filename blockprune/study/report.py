@@ -86,6 +86,11 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
                    yardstick=mid == "shortgpt" and fam != "base")
         if dense is not None:
             ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
+            for what_floor, ls, label in (("chance", "-.", "chance (random guess)"),
+                                          ("constant", (0, (1, 3)), "best constant answer")):
+                floor = study.baseline_accuracy(what_floor)[1]
+                if floor is not None:
+                    ax.axhline(floor, color="0.45", lw=0.9, ls=ls, label=label)
         ax.set_xlabel(f"{granularity} blocks pruned")
         ax.set_xticks(cells)
         ax.grid(alpha=0.3)
@@ -172,7 +177,13 @@ def model_section(study: Study, spec: StudySpec, model: str, n_blocks: int, fig_
                   else "–" for t in study.tasks]
         cells += [fmt(study.avg_accuracy(dense), 3)] if with_tasks else []
         cells += [f"{dense.metrics.get('params_total', 0) / 1e6:.1f} M", f"`{short(dense.run_id)}`"]
-        lines += _table(hdr, [cells]) + [""]
+        rows = [cells]
+        if with_tasks and study.baseline is not None:
+            for what, label in (("chance", "chance (random guess)"), ("constant", "best constant answer")):
+                per, avg = study.baseline_accuracy(what)
+                rows.append([label] + ["–" for _ in study.corpora] + [fmt(per.get(t), 3) for t in study.tasks]
+                            + [fmt(avg, 3), "–", f"`{short(study.baseline.run_id)}`"])
+        lines += _table(hdr, rows) + [""]
     for gran in ("layer", "attention"):
         cells_n = study.cells(model, gran)
         if not cells_n:
@@ -316,6 +327,32 @@ def _noise_text(study: Study) -> str:
             "ties; perplexity is the sharper signal.")
 
 
+def floor_lines(study: Study) -> list[str]:
+    """Dense accuracy against what needs no model, and how many pruned plans fall to that floor: the
+    accuracy differences between methods live in the gap between the two."""
+    _, chance = study.baseline_accuracy("chance")
+    _, constant = study.baseline_accuracy("constant")
+    if chance is None or constant is None:
+        return []
+    noise = study.accuracy_noise()
+    out = [f"- *What the accuracies are worth*: on the scored documents a random guess averages {fmt(chance, 3)} "
+           f"and always giving the best answer position (in hindsight, per task) {fmt(constant, 3)}."]
+    for m in study.models:
+        dense = study.avg_accuracy(study.dense(m))
+        if dense is None:
+            continue
+        accs = [a for k, ev in study.evaluations.items() if k.startswith(f"{m}|") and k != plan_key(m, "", None)
+                and (a := study.avg_accuracy(ev)) is not None]
+        text = f"  - {m}: dense {fmt(dense, 3)}, {dense - chance:+.3f} above chance"
+        if accs:
+            text += (f"; of its {len(accs)} pruned plans with lm-eval results, {sum(a <= constant for a in accs)} "
+                     "score no more than the best constant answer")
+            if noise is not None:
+                text += f" and {sum(a <= chance + noise[1] for a in accs)} are within ±{noise[1]:.3f} of chance"
+        out.append(text + ".")
+    return out
+
+
 def summary_section(study: Study) -> list[str]:
     """Sentences computed from the rows: winners per cell and the papers' claims, counted."""
     lines = ["## Summary (generated from the tables below)", ""]
@@ -382,6 +419,7 @@ def summary_section(study: Study) -> list[str]:
     ]
     if noise is not None:
         lines += _accuracy_wins(wins, noise[1])
+    lines += floor_lines(study)
     stab = []
     for m in study.models:
         for mid in study.methods(m, "layer"):
@@ -506,9 +544,12 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         "model's, geometric mean over the evaluation corpora. *ppl× all cal.*: the same for every calibration's "
         "plan, geometric mean (min–max), with how many of the plans it covers while some are not measured yet. "
         "*avg acc*: mean over the tasks of acc_norm where defined, else acc. "
-        "*rel. %*: avg acc ÷ dense avg acc (ShortGPT's *rel.*). *avg acc all cal.*: avg acc of every calibration's "
+        "*rel. %*: avg acc ÷ dense avg acc (ShortGPT's *rel.*; it counts from 0, not from chance). *avg acc all cal.*: avg acc of every calibration's "
         "plan that has lm-eval results, mean (min–max). *stability J*: mean pairwise Jaccard of the "
-        "dropped blocks over all calibrations." + _noise_text(study), "",
+        "dropped blocks over all calibrations. Under each dense model: *chance*, the accuracy of a uniform random "
+        "guess, and *best constant answer*, of always giving the answer position that is right most often in "
+        "these documents (no model; a limited run's first documents need not be balanced)." + _noise_text(study),
+        "",
     ]
     lines += headline(study, "layer") + headline(study, "attention")
     lines += summary_section(study)

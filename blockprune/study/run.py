@@ -6,7 +6,8 @@ is skipped. A deadline stops between units of work, so a long CPU study can be r
 
 Order (``STAGES``), so that a partial run is already useful: the reference calibration (first corpus,
 first seed) of every model and the perplexity of its plans and the dense model; then the other
-calibrations' selections (plan stability); then lm-eval of the reference plans; then the perplexity of the
+calibrations' selections (plan stability); then the answer baselines of the lm-eval documents (chance
+and best constant answer, no model); then lm-eval of the reference plans; then the perplexity of the
 other calibrations' plans; then lm-eval of those (when the spec's ``lm_eval_scope`` is ``all``).
 """
 
@@ -27,6 +28,7 @@ from blockprune.study.record import (
     ImportCounts,
     RunRecord,
     StudyLog,
+    baseline_key,
     blocks_text,
     calibration_key,
     import_runs,
@@ -289,6 +291,27 @@ def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
     return out
 
 
+def log_baselines(spec: StudySpec, slog: StudyLog, echo: Echo) -> None:
+    """Chance and best-constant-answer accuracy of the documents lm-eval scores, once per set of documents
+    (seconds, no model): the floor the report reads every accuracy against."""
+    from blockprune.evaluation.answer_baselines import answer_baselines
+
+    ev = spec.evaluation
+    key = baseline_key(ev.docs_tag)
+    if not ev.tasks or slog.by_key("baseline").get(key) is not None:
+        return
+    by_limit: dict[int | None, list[str]] = {}
+    for t, lim in ev.tasks:
+        by_limit.setdefault(lim, []).append(t)
+    metrics = {f"{task}.{name}": v for lim, names in by_limit.items()
+               for task, vals in answer_baselines(names, lim).items() for name, v in vals.items()}
+    rid = slog.start("baseline", key, "answer baselines", {"docs": ev.docs_tag})
+    slog.log(rid, metrics)
+    slog.finish(rid)
+    echo("[study] answer baselines: " + ", ".join(f"{t} chance {metrics[f'{t}.chance']:.2f} / constant "
+                                                  f"{metrics[f'{t}.constant']:.2f}" for t, _ in ev.tasks))
+
+
 def import_study_runs(spec: StudySpec, tracking_uri: str, path: Any) -> ImportCounts:
     """Load a report's ``runs.json`` into the tracking store (see :func:`record.import_runs`)."""
     ledger = json.loads(Path(path).read_text())
@@ -296,7 +319,7 @@ def import_study_runs(spec: StudySpec, tracking_uri: str, path: Any) -> ImportCo
     return import_runs(slog, ledger, str(path))
 
 
-STAGES = ("select-reference", "ppl-reference", "select", "tasks-reference", "ppl", "tasks")
+STAGES = ("select-reference", "ppl-reference", "select", "baselines", "tasks-reference", "ppl", "tasks")
 
 
 def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None = None,
@@ -313,6 +336,8 @@ def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None =
     for step in STAGES:
         if step.startswith("select"):
             select_all(spec, slog, state, deadline, echo, models, reference=step == "select-reference")
+        elif step == "baselines":
+            log_baselines(spec, slog, echo)
         else:
             evaluate_all(spec, slog, state, deadline, echo, models, stage=step)
         if state.stopped_early:

@@ -75,10 +75,14 @@ class StudyEval:
     lm_eval_dtype: str = "float32"  # autocast dtype of the lm-eval forward passes (log-softmax in float32)
 
     @property
+    def docs_tag(self) -> str:
+        """Which documents lm-eval scores: each task with its limit (the answer baselines' key)."""
+        return ",".join(f"{t}:{lim or 'full'}" for t, lim in self.tasks)
+
+    @property
     def tasks_tag(self) -> str:
         """What an evaluation run's lm-eval results were made with (its ``tasks_done`` tag)."""
-        tag = ",".join(f"{t}:{lim or 'full'}" for t, lim in self.tasks)
-        return tag if self.lm_eval_dtype == "float32" else f"{tag};{self.lm_eval_dtype}"
+        return self.docs_tag if self.lm_eval_dtype == "float32" else f"{self.docs_tag};{self.lm_eval_dtype}"
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,8 @@ Definitions (the report repeats them):
 
 * accuracy of a task = ``acc_norm`` where the task defines it, else ``acc``; average accuracy = the mean over
   the study's tasks, only for a plan with every task measured;
+* chance / constant = accuracy of a uniform random guess / of always the best answer position, on the same
+  documents (the ``baseline`` run); average over the tasks as for a model;
 * rel. = average accuracy of the pruned model / of the dense model × 100 (ShortGPT's "rel." column);
 * ppl× = geometric mean over the evaluation corpora of (pruned perplexity / dense perplexity);
 * stability = mean pairwise Jaccard |A∩B|/|A∪B| of the dropped blocks of one method × n_prune across
@@ -17,7 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from blockprune.study.record import RunRecord, method_id, parse_blocks, plan_key
+from blockprune.study.record import RunRecord, baseline_key, method_id, parse_blocks, plan_key
 from blockprune.tracking.figures import jaccard
 
 NAMES = {
@@ -106,6 +108,7 @@ class Study:
     corpora: list[str]
     models: list[str] = field(default_factory=list)
     infeasible: list[RunRecord] = field(default_factory=list)  # selections a method could not make
+    baseline: Evaluation | None = None  # chance / best constant answer on the lm-eval documents
 
     @classmethod
     def from_runs(cls, runs: Sequence[RunRecord], tasks: Sequence[str], corpora: Sequence[str],
@@ -116,6 +119,8 @@ class Study:
         evals: dict[str, Evaluation] = {}
         cals: dict[str, RunRecord] = {}
         infeasible: list[RunRecord] = []
+        baseline: Evaluation | None = None
+        docs_key = None if tasks_tag is None else baseline_key(tasks_tag.split(";")[0])
         for r in sorted(runs, key=lambda r: r.metrics.get("logged_at", 0.0)):
             t = r.tags
             if r.kind == "selection" and ("infeasible" in t or "blocks" not in t):
@@ -132,7 +137,10 @@ class Study:
                 evals[r.key] = Evaluation(r.run_id, r.key, metrics)
             elif r.kind == "calibration":
                 cals[r.key] = r  # a calibration resumed with new trials has one run per session; same store
-        return cls(sels, evals, list(cals.values()), list(tasks), list(corpora), list(models), infeasible)
+            elif r.kind == "baseline" and docs_key in (None, r.key):
+                baseline = Evaluation(r.run_id, r.key, dict(r.metrics))
+        return cls(sels, evals, list(cals.values()), list(tasks), list(corpora), list(models), infeasible,
+                   baseline)
 
     # ------------------------------------------------------------------------------------------- dense
     def dense(self, model: str) -> Evaluation | None:
@@ -143,6 +151,14 @@ class Study:
             return None
         accs = [task_accuracy(ev.metrics, t) for t in self.tasks]
         return None if any(a is None for a in accs) else sum(accs) / len(accs)  # type: ignore[arg-type]
+
+    def baseline_accuracy(self, what: str) -> tuple[dict[str, float], float | None]:
+        """Per task and average (over all the study's tasks, or None) of the ``baseline`` run's ``what``:
+        "chance" or "constant"."""
+        if self.baseline is None:
+            return {}, None
+        per = {t: v for t in self.tasks if (v := self.baseline.metrics.get(f"{t}.{what}")) is not None}
+        return per, (sum(per.values()) / len(per) if per and len(per) == len(self.tasks) else None)
 
     def accuracy_noise(self) -> tuple[float, float] | None:
         """Standard errors at p = 0.5 of one task's accuracy (median question count) and of the average over

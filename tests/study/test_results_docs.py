@@ -34,7 +34,7 @@ def test_report_cells_match_their_runs(name: str) -> None:
     by_prefix = {r["run_id"][:8]: r for r in runs}
     assert len(by_prefix) == len(runs)  # short ids are unambiguous
     dense = {r["tags"]["study.key"].split("|")[0]: r for r in runs if r["tags"]["study.key"].endswith("|dense")}
-    checked = checked_acc = 0
+    checked = checked_acc = checked_baseline = 0
     for line in text.splitlines():
         if not (line.startswith("| ") and line.rstrip().endswith("` |")):
             continue
@@ -58,6 +58,12 @@ def test_report_cells_match_their_runs(name: str) -> None:
             blocks = run["tags"]["study.key"].split("|")[2].replace(",", " ")
             assert row[hdr.index("dropped (ref.)")] == blocks
             checked += 1
+        if kind == "baseline":  # chance / best constant answer under a dense row
+            what = "chance" if row[0].startswith("chance") else "constant"
+            tasks = [c for c in hdr if f"{c}.{what}" in m]
+            assert tasks and all(row[hdr.index(t)] == fmt(m[f"{t}.{what}"], 3) for t in tasks), (name, row)
+            assert row[hdr.index("avg acc")] == fmt(sum(m[f"{t}.{what}"] for t in tasks) / len(tasks), 3)
+            checked_baseline += 1
         if kind == "evaluation" and "avg acc" in hdr:
             tasks = sorted({k.rsplit(".", 1)[0] for k in m if k.endswith(".acc")})
             if tasks:  # lm-eval done: acc_norm where the task has it, else acc
@@ -67,5 +73,7 @@ def test_report_cells_match_their_runs(name: str) -> None:
             else:
                 assert row[hdr.index("avg acc")] == "–"
     assert checked >= 20, f"only {checked} cells checked in {name}"
+    if any(r["tags"]["study.kind"] == "baseline" for r in runs):  # two rows under each model's dense row
+        assert checked_baseline == 2 * len(dense), (name, checked_baseline)
     if "lm-eval for 0 of" not in text:
         assert checked_acc >= 5, f"only {checked_acc} accuracy cells checked in {name}"

@@ -85,6 +85,10 @@ def test_micro_study_report_traces_to_mlflow_and_store(tmp_path: Path, capsys: p
     with_tasks = {r.key for r in evals if "piqa.acc" in r.metrics}
     ref_keys = {r.tags["plan_key"] for r in runs.values() if r.kind == "selection" and r.tags["reference"] == "1"}
     assert with_tasks == ref_keys | {"smollm2-135m|dense"}
+    # the answer baselines of the scored documents: one run, cited under the dense row
+    (base,) = [r for r in runs.values() if r.kind == "baseline"]
+    assert base.key == "baseline|piqa:4" and base.metrics["piqa.chance"] == 0.5 and base.metrics["piqa.n"] == 4
+    assert f"| chance (random guess) | – | – | 0.500 | 0.500 | – | `{base.run_id[:8]}` |" in text
     exported = json.loads((out.parent / "results" / "runs.json").read_text())
     assert {r["run_id"] for r in exported["runs"]} == set(runs)
     assert (out.parent / "results" / "smollm2-135m-layer-ppl.png").exists()

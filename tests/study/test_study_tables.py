@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from blockprune.study.record import RunRecord, calibration_key, plan_key, trial_key
+from blockprune.study.record import RunRecord, baseline_key, calibration_key, plan_key, trial_key
 from blockprune.study.report import render, summary_section
 from blockprune.study.spec import parse_spec
 from blockprune.study.tables import Study, stability
@@ -229,3 +229,45 @@ def test_lm_eval_results_of_other_settings_are_not_mixed_in() -> None:
         s = Study.from_runs([run], TASKS, CORPORA, [MODEL], tasks_tag="piqa:50,boolq:50;bfloat16")
         assert s.avg_accuracy(s.dense(MODEL)) == acc
         assert s.dense(MODEL).ppl("a") == 10.0  # perplexity is kept either way
+
+
+def _baseline(docs: str = "piqa:50,boolq:50") -> RunRecord:
+    return RunRecord("bl000001zzzz", {"study.kind": "baseline", "study.key": baseline_key(docs)},
+                     {"piqa.chance": 0.5, "piqa.constant": 0.54, "boolq.chance": 0.5, "boolq.constant": 0.78,
+                      "piqa.n": 50.0, "boolq.n": 50.0, "logged_at": 1.0})
+
+
+@pytest.mark.unit
+def test_accuracies_are_read_against_chance_and_the_best_constant_answer(study: Study, tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from blockprune.study.report import curve_figure
+
+    tag = "piqa:50,boolq:50;bfloat16"  # the baseline's key leaves out the dtype: same documents
+    runs = [RunRecord(r.run_id, r.tags | {"tasks_done": tag}, r.metrics) for r in _runs(study)]
+    s = Study.from_runs([*runs, _baseline()], TASKS, CORPORA, [MODEL], tasks_tag=tag)
+    assert s.baseline_accuracy("chance") == ({"piqa": 0.5, "boolq": 0.5}, 0.5)
+    assert s.baseline_accuracy("constant")[1] == pytest.approx(0.66)
+    # baselines of other documents (other limits) are not used
+    other = Study.from_runs([*_runs(study), _baseline("piqa:10,boolq:10")], TASKS, CORPORA, [MODEL],
+                            tasks_tag="piqa:50,boolq:50")
+    assert other.baseline is None and other.baseline_accuracy("chance") == ({}, None)
+    # pruned plans with accuracies: (3, 4) 0.60 (below the constant 0.66) and (1, 2) 0.70; chance + 0.05 = 0.55
+    text = "\n".join(summary_section(s))
+    assert "a random guess averages 0.500 and always giving the best answer position (in hindsight, per task) 0.660" \
+        in text
+    assert ("  - m: dense 0.700, +0.200 above chance; of its 2 pruned plans with lm-eval results, 1 score no more "
+            "than the best constant answer and 0 are within ±0.050 of chance.") in text
+    assert "random guess" not in "\n".join(summary_section(study))  # no baseline run, no claim
+    spec = parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}},
+                       "calibration": {"corpora": ["a", "b"], "seeds": [0, 1], "n_samples": 8, "seq_len": 64},
+                       "methods": {"layer": ["shortgpt"]}, "evaluation": {"tasks": {"piqa": 50, "boolq": 50}}})
+    page = render(s, spec, [], tmp_path, "figs", "cmd", {MODEL: 8})
+    assert "| chance (random guess) | – | – | 0.500 | 0.500 | 0.500 | – | `bl000001` |" in page
+    assert "| best constant answer | – | – | 0.540 | 0.780 | 0.660 | – | `bl000001` |" in page
+    fig = curve_figure(s, MODEL, "layer", "acc")
+    try:
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    finally:
+        plt.close(fig)
+    assert labels[-2:] == ["chance (random guess)", "best constant answer"]
