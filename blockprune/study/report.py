@@ -126,6 +126,41 @@ def _curve(ax: Any, by_n: dict[int, dict[str, Row]], cells: Sequence[int], mid: 
         ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
 
 
+def tradeoff_figure(study: Study) -> Any:
+    """Average accuracy against ppl× (log) for every measured plan, one panel per model, with the dense model
+    and the answer baselines as lines: where the cheap number and the expensive one agree, and where the
+    accuracies sit on the floor."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in study.models if study.measured_plans(m)]
+    fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), sharey=True, squeeze=False)
+    floors = [(study.baseline_accuracy("chance")[1], "-.", "chance (random guess)"),
+              (study.baseline_accuracy("constant")[1], (0, (1, 3)), "best constant answer")]
+    for ax, m in zip(axes[0], models, strict=True):
+        plans = study.measured_plans(m)
+        for gran, color in (("layer", "tab:blue"), ("attention", "tab:orange")):
+            pts = [(r, study.avg_accuracy(ev)) for ev, r in plans if ev.plan_key.split("|")[1] == gran]
+            if pts:
+                ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, alpha=0.7, color=color,
+                           label=f"{gran} plans ({len(pts)})")
+        ax.axhline(study.avg_accuracy(study.dense(m)), color="k", lw=0.8, ls=":", label="dense")
+        for y, ls, label in floors:
+            if y is not None:
+                ax.axhline(y, color="0.45", lw=0.9, ls=ls, label=label)
+        rho = study.ppl_accuracy_correlation(m)["avg"]
+        ax.set_xscale("log")
+        ax.set_xlabel("perplexity ÷ dense (geo-mean over corpora)")
+        ax.set_title(f"{m}: Spearman ρ = {fmt(rho)}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper right")
+    axes[0][0].set_ylabel("average accuracy")
+    fig.suptitle("Accuracy against perplexity, every plan of every calibration", fontsize=10)
+    return fig
+
+
 def dropped_figure(study: Study, model: str, granularity: str, n_prune: int, n_blocks: int) -> Any:
     import matplotlib
 
@@ -327,6 +362,47 @@ def _noise_text(study: Study) -> str:
             "ties; perplexity is the sharper signal.")
 
 
+def correlation_section(study: Study, fig_dir: Path, rel_dir: str) -> list[str]:
+    """Spearman's ρ between ppl× and each task's accuracy over every measured plan, and the scatter."""
+    models = [m for m in study.models if len(study.measured_plans(m)) >= 3]
+    if not models:
+        return []
+    _save(tradeoff_figure(study), fig_dir / "ppl-vs-accuracy.png")
+    n = {m: len(study.measured_plans(m)) for m in models}
+    rho = {m: study.ppl_accuracy_correlation(m) for m in models}
+    lines = ["## Does perplexity predict accuracy?", "",
+             "Spearman's ρ between ppl× and accuracy over every plan (all calibrations) with both measured: "
+             "−1 means the lower the perplexity, the higher the accuracy, in the same order. With n plans and no "
+             "relation, ρ scatters around 0 with a standard error of 1/√(n−1) (given per column): a task within two "
+             "of those of 0 does not follow the pruning at this model size.", "",
+             f"![accuracy against perplexity]({rel_dir}/ppl-vs-accuracy.png)", ""]
+    hdr = ["accuracy"] + [f"ρ {m} ({n[m]} plans, ±{1 / math.sqrt(n[m] - 1):.2f})" for m in models]
+    rows = [[t] + [fmt(rho[m][t]) for m in models] for t in study.tasks]
+    rows.append(["**average**"] + [f"**{fmt(rho[m]['avg'])}**" for m in models])
+    return lines + _table(hdr, rows) + [""]
+
+
+def correlation_lines(study: Study) -> list[str]:
+    """One summary bullet: how well perplexity ranks plans, and which tasks do not react at all."""
+    parts, flat = [], []
+    for m in study.models:
+        n = len(study.measured_plans(m))
+        if n < 3:
+            continue
+        rho = study.ppl_accuracy_correlation(m)
+        parts.append(f"{fmt(rho['avg'])} ({m}, {n} plans)")
+        quiet = [t for t in study.tasks if rho[t] is None or abs(rho[t]) < 2 / math.sqrt(n - 1)]  # type: ignore[arg-type]
+        if quiet:
+            flat.append(f"{', '.join(quiet)} ({m})")
+    if not parts:
+        return []
+    text = f"- *Perplexity ranks plans as average accuracy does*: Spearman ρ = {'; '.join(parts)}"
+    if flat:
+        text += "; tasks whose accuracy does not follow perplexity (|ρ| under two null standard errors): " + \
+            "; ".join(flat)
+    return [text + "."]
+
+
 def floor_lines(study: Study) -> list[str]:
     """Dense accuracy against what needs no model, and how many pruned plans fall to that floor: the
     accuracy differences between methods live in the gap between the two."""
@@ -420,6 +496,7 @@ def summary_section(study: Study) -> list[str]:
     if noise is not None:
         lines += _accuracy_wins(wins, noise[1])
     lines += floor_lines(study)
+    lines += correlation_lines(study)
     stab = []
     for m in study.models:
         for mid in study.methods(m, "layer"):
@@ -562,6 +639,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
     ]
     lines += headline(study, "layer") + headline(study, "attention")
     lines += summary_section(study)
+    lines += correlation_section(study, fig_dir, rel_dir)
     for m in study.models:
         lines += model_section(study, spec, m, n_blocks.get(m, 0), fig_dir, rel_dir)
     lines += ["## Plan stability", "", "Mean pairwise Jaccard of dropped blocks: over all calibrations, over pairs "

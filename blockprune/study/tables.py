@@ -182,6 +182,28 @@ class Study:
             return None
         return geomean([p / d for p, d in pairs])  # type: ignore[operator]
 
+    def measured_plans(self, model: str) -> list[tuple[Evaluation, float]]:
+        """Every pruned plan of a model (any calibration) with both ppl× and all task accuracies."""
+        dense_key = plan_key(model, "", None)
+        out = []
+        for k, ev in sorted(self.evaluations.items()):
+            if k.startswith(f"{model}|") and k != dense_key and self.avg_accuracy(ev) is not None:
+                ratio = self.ppl_ratio(model, ev)
+                if ratio is not None:
+                    out.append((ev, ratio))
+        return out
+
+    def ppl_accuracy_correlation(self, model: str) -> dict[str, float | None]:
+        """Spearman's ρ between ppl× and each task's accuracy (and the average, key "avg") over the model's
+        measured plans. Why: where perplexity ranks plans as a task does, the cheap number can stand in for
+        the expensive one; a task with ρ near 0 does not react to pruning at this model size."""
+        plans = self.measured_plans(model)
+        ratios = [r for _, r in plans]
+        out: dict[str, float | None] = {t: spearman(ratios, [task_accuracy(ev.metrics, t) or 0.0 for ev, _ in plans])
+                                        for t in self.tasks}
+        out["avg"] = spearman(ratios, [self.avg_accuracy(ev) or 0.0 for ev, _ in plans])
+        return out
+
     # ------------------------------------------------------------------------------------------ tables
     def cells(self, model: str, granularity: str) -> list[int]:
         return sorted({s.n_prune for s in self.selections if s.model == model and s.granularity == granularity})
@@ -237,6 +259,35 @@ class Study:
             if vals:
                 out[mid] = sum(vals) / len(vals)
         return out
+
+
+def ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ties sharing their mean rank (as Spearman's coefficient needs)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    out = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in order[i : j + 1]:
+            out[k] = (i + j) / 2 + 1
+        i = j + 1
+    return out
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rank correlation (Pearson's of the tie-averaged ranks); None when it is undefined
+    (fewer than 3 pairs, or one side constant)."""
+    if len(x) != len(y):
+        raise ValueError(f"{len(x)} x values, {len(y)} y values")
+    if len(x) < 3:
+        return None
+    rx, ry = ranks(x), ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return None if sxx == 0 or syy == 0 else sxy / math.sqrt(sxx * syy)
 
 
 def stability(blocks: Sequence[Sequence[int]]) -> float:

@@ -271,3 +271,38 @@ def test_accuracies_are_read_against_chance_and_the_best_constant_answer(study: 
     finally:
         plt.close(fig)
     assert labels[-2:] == ["chance (random guess)", "best constant answer"]
+
+
+@pytest.mark.unit
+def test_spearman_closed_forms() -> None:
+    from blockprune.study.tables import ranks, spearman
+
+    assert ranks([3.0, 1.0, 2.0, 2.0]) == [4.0, 1.0, 2.5, 2.5]
+    assert spearman([1, 2, 3, 4, 5], [2, 1, 4, 3, 5]) == pytest.approx(1 - 6 * 4 / (5 * 24))  # no ties: 0.8
+    assert spearman([1, 2, 3], [1, 1, 2]) == pytest.approx(1.5 / math.sqrt(3))  # tie-averaged ranks
+    assert spearman([1, 2, 3], [9, 5, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3], [1, 1, 1]) is None and spearman([1, 2], [2, 1]) is None
+    with pytest.raises(ValueError):
+        spearman([1, 2, 3], [1, 2])
+
+
+@pytest.mark.unit
+def test_perplexity_against_accuracy_over_every_measured_plan(study: Study, tmp_path: Path) -> None:
+    from blockprune.study.report import correlation_lines, correlation_section
+
+    runs = [r for r in _runs(study) if r.key != plan_key(MODEL, "layer", (6, 7))]
+    runs.append(_eval(5, plan_key(MODEL, "layer", (6, 7)), 30.0, 60.0, 0.5, 0.65))
+    s = Study.from_runs(runs, TASKS, CORPORA, [MODEL])
+    # ppl× 1.5 / 2.83 / 3.0 for plans (1,2) / (3,4) / (6,7); piqa 0.7 / 0.6 / 0.5; boolq 0.7 / 0.6 / 0.65
+    assert [round(r, 2) for _, r in sorted(s.measured_plans(MODEL), key=lambda p: p[1])] == [1.5, 2.83, 3.0]
+    rho = s.ppl_accuracy_correlation(MODEL)
+    assert rho["piqa"] == pytest.approx(-1.0) and rho["avg"] == pytest.approx(-1.0)
+    assert rho["boolq"] == pytest.approx(-0.5)
+    # 3 plans: null standard error 1/sqrt(2) = 0.71; |ρ| < 1.41 for both tasks, so neither counts as following
+    assert correlation_lines(s) == ["- *Perplexity ranks plans as average accuracy does*: Spearman ρ = -1.00 (m, 3 "
+                                    "plans); tasks whose accuracy does not follow perplexity (|ρ| under two null "
+                                    "standard errors): piqa, boolq (m)."]
+    text = "\n".join(correlation_section(s, tmp_path, "figs"))
+    assert "| accuracy | ρ m (3 plans, ±0.71) |" in text and "| boolq | -0.50 |" in text
+    assert (tmp_path / "ppl-vs-accuracy.png").stat().st_size > 1000
+    assert correlation_section(study, tmp_path, "figs") == []  # two measured plans: no correlation to give
