@@ -362,6 +362,36 @@ def _noise_text(study: Study) -> str:
             "ties; perplexity is the sharper signal.")
 
 
+BUDGETS = (1.1, 1.25, 1.5, 2.0, 4.0)  # perplexity ÷ dense a user might accept
+NO_PLAN = "no plan of the grid"
+
+
+def budget_section(study: Study) -> list[str]:
+    """For each perplexity budget, the reference plan that leaves the fewest parameters: the table to
+    start from when choosing a plan."""
+    models = [m for m in study.models if study.dense(m) is not None]
+    rows = []
+    for b in BUDGETS:
+        cells = [f"≤ {b:g}×"]
+        for m in models:
+            pick = study.smallest_within(m, b)
+            if pick is None:
+                cells.append(NO_PLAN)
+                continue
+            r, gran, kept = pick
+            acc = "" if r.avg_acc is None else f", avg acc {fmt(r.avg_acc, 3)}"
+            cells.append(f"{len(r.blocks)} {gran}s by {display(r.method)}: ppl× {fmt(r.ppl_ratio)}, "
+                         f"{100 * kept:.1f}% of the parameters{acc} (`{short(r.evaluation_run)}`)")
+        rows.append(cells)
+    if not models or all(c == NO_PLAN for row in rows for c in row[1:]):
+        return []
+    return ["## Which plan to pick", "",
+            "For a perplexity budget (ppl× at most the given factor), the reference-calibration plan of any "
+            "method and granularity that leaves the fewest parameters (embeddings included, so attention-only "
+            "plans save less than their block count suggests). Only the grid's block counts are tried.", ""] + \
+        _table(["ppl× budget"] + models, rows) + [""]
+
+
 def correlation_section(study: Study, fig_dir: Path, rel_dir: str) -> list[str]:
     """Spearman's ρ between ppl× and each task's accuracy over every measured plan, and the scatter."""
     models = [m for m in study.models if len(study.measured_plans(m)) >= 3]
@@ -639,6 +669,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
     ]
     lines += headline(study, "layer") + headline(study, "attention")
     lines += summary_section(study)
+    lines += budget_section(study)
     lines += correlation_section(study, fig_dir, rel_dir)
     for m in study.models:
         lines += model_section(study, spec, m, n_blocks.get(m, 0), fig_dir, rel_dir)

@@ -97,6 +97,7 @@ class Row:
     stability: float | None
     n_calibrations: int
     acc_all: list[float] = field(default_factory=list)  # avg accuracy of every calibration's plan, where measured
+    plan_key: str = ""  # the reference plan's evaluation key
 
 
 @dataclass
@@ -182,6 +183,29 @@ class Study:
             return None
         return geomean([p / d for p, d in pairs])  # type: ignore[operator]
 
+    def smallest_within(self, model: str, budget: float) -> tuple[Row, str, float] | None:
+        """The reference plan with the fewest parameters left whose ppl× is at most ``budget``, over every
+        method, granularity and n_prune (sizes within 0.1% of the dense model's are ties, and the lower ppl×
+        wins them), with its granularity and its parameter
+        count ÷ the dense model's. Why: a user starts from the perplexity they can afford, not from a
+        method."""
+        dense = self.dense(model)
+        full = dense.metrics.get("params_total") if dense else None
+        if not full:
+            return None
+        best: tuple[float, float, Row, str, float] | None = None
+        for gran in ("layer", "attention"):
+            for n in self.cells(model, gran):
+                for r in self.rows(model, gran, n):
+                    ev = self.evaluations.get(r.plan_key)
+                    params = ev.metrics.get("params_total") if ev else None
+                    if r.ppl_ratio is None or r.ppl_ratio > budget or params is None:
+                        continue
+                    kept = round(params / full, 3)  # norms' few weights apart, equal sizes are ties
+                    if best is None or (kept, r.ppl_ratio) < best[:2]:
+                        best = (kept, r.ppl_ratio, r, gran, params / full)
+        return None if best is None else (best[2], best[3], best[4])
+
     def measured_plans(self, model: str) -> list[tuple[Evaluation, float]]:
         """Every pruned plan of a model (any calibration) with both ppl× and all task accuracies."""
         dense_key = plan_key(model, "", None)
@@ -236,7 +260,7 @@ class Study:
                 ppl_ratio=self.ppl_ratio(model, ev), ppl_ratio_all=ratios, accuracy=accs, avg_acc=avg,
                 rel=None if avg is None or not dense_acc else 100.0 * avg / dense_acc,
                 stability=stability([s.blocks for s in plans]) if len(plans) > 1 else None,
-                n_calibrations=len(plans), acc_all=accs_all))
+                n_calibrations=len(plans), acc_all=accs_all, plan_key=ref.plan_key))
         return out
 
     def stability_split(self, model: str, granularity: str, method: str, n_prune: int) -> dict[str, float | None]:

@@ -306,3 +306,25 @@ def test_perplexity_against_accuracy_over_every_measured_plan(study: Study, tmp_
     assert "| accuracy | ρ m (3 plans, ±0.71) |" in text and "| boolq | -0.50 |" in text
     assert (tmp_path / "ppl-vs-accuracy.png").stat().st_size > 1000
     assert correlation_section(study, tmp_path, "figs") == []  # two measured plans: no correlation to give
+
+
+@pytest.mark.unit
+def test_which_plan_to_pick_for_a_perplexity_budget(study: Study) -> None:
+    from blockprune.study.report import budget_section
+
+    # every plan has params_total 1e6 like the dense model: equal sizes, so the lowest ppl× within budget wins
+    assert study.smallest_within(MODEL, 1.25) is None
+    row, gran, kept = study.smallest_within(MODEL, 2.0)
+    assert (row.method, gran, kept, row.ppl_ratio) == ("entrodrop/entropy.knn", "layer", 1.0, pytest.approx(1.5))
+    # a plan that leaves fewer parameters wins a budget it fits, though its perplexity is higher
+    runs = [r for r in _runs(study) if r.key != plan_key(MODEL, "layer", (3, 4))]
+    small = _eval(2, plan_key(MODEL, "layer", (3, 4)), 20.0, 80.0, 0.6, 0.6)
+    small.metrics["params_total"] = 5e5
+    s = Study.from_runs([*runs, small], TASKS, CORPORA, [MODEL])
+    row, gran, kept = s.smallest_within(MODEL, 4.0)
+    assert (row.method, kept) == ("shortgpt", 0.5) and s.smallest_within(MODEL, 2.0)[0].method == \
+        "entrodrop/entropy.knn"
+    text = "\n".join(budget_section(s))
+    assert "| ≤ 1.25× | no plan of the grid |" in text
+    assert "| ≤ 4× | 2 layers by ShortGPT (BI): ppl× 2.83, 50.0% of the parameters, avg acc 0.600 (`ev000002`) |" \
+        in text
