@@ -146,7 +146,9 @@ def tradeoff_figure(study: Study) -> Any:
             if pts:
                 ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, alpha=0.7, color=color,
                            label=f"{gran} plans ({len(pts)})")
-        ax.axhline(study.avg_accuracy(study.dense(m)), color="k", lw=0.8, ls=":", label="dense")
+        dense = study.avg_accuracy(study.dense(m))
+        if dense is not None:
+            ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
         for y, ls, label in floors:
             if y is not None:
                 ax.axhline(y, color="0.45", lw=0.9, ls=ls, label=label)
@@ -426,7 +428,7 @@ def correlation_lines(study: Study) -> list[str]:
             flat.append(f"{', '.join(quiet)} ({m})")
     if not parts:
         return []
-    text = f"- *Perplexity ranks plans as average accuracy does*: Spearman ρ = {'; '.join(parts)}"
+    text = f"- *Does perplexity rank plans as average accuracy does?* Spearman ρ = {'; '.join(parts)}"
     if flat:
         text += "; tasks whose accuracy does not follow perplexity (|ρ| under two null standard errors): " + \
             "; ".join(flat)

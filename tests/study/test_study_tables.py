@@ -299,7 +299,7 @@ def test_perplexity_against_accuracy_over_every_measured_plan(study: Study, tmp_
     assert rho["piqa"] == pytest.approx(-1.0) and rho["avg"] == pytest.approx(-1.0)
     assert rho["boolq"] == pytest.approx(-0.5)
     # 3 plans: null standard error 1/sqrt(2) = 0.71; |ρ| < 1.41 for both tasks, so neither counts as following
-    assert correlation_lines(s) == ["- *Perplexity ranks plans as average accuracy does*: Spearman ρ = -1.00 (m, 3 "
+    assert correlation_lines(s) == ["- *Does perplexity rank plans as average accuracy does?* Spearman ρ = -1.00 (m, 3 "
                                     "plans); tasks whose accuracy does not follow perplexity (|ρ| under two null "
                                     "standard errors): piqa, boolq (m)."]
     text = "\n".join(correlation_section(s, tmp_path, "figs"))
