@@ -86,11 +86,7 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
                    yardstick=mid == "shortgpt" and fam != "base")
         if dense is not None:
             ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
-            for what_floor, ls, label in (("chance", "-.", "chance (random guess)"),
-                                          ("constant", (0, (1, 3)), "best constant answer")):
-                floor = study.baseline_accuracy(what_floor)[1]
-                if floor is not None:
-                    ax.axhline(floor, color="0.45", lw=0.9, ls=ls, label=label)
+            _floor_lines(ax, study)
         ax.set_xlabel(f"{granularity} blocks pruned")
         ax.set_xticks(cells)
         ax.grid(alpha=0.3)
@@ -103,6 +99,17 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
         axes[0][0].set_ylabel("average accuracy")
     fig.suptitle(f"{model}: {granularity} pruning (band: min–max over calibrations)", fontsize=10)
     return fig
+
+
+FLOORS = (("chance", "chance (random guess)", "-."), ("constant", "best constant answer", (0, (1, 3))))
+
+
+def _floor_lines(ax: Any, study: Study) -> None:
+    """The answer baselines' average accuracy as grey lines (nothing before the baseline run exists)."""
+    for what, label, ls in FLOORS:
+        floor = study.baseline_accuracy(what)[1]
+        if floor is not None:
+            ax.axhline(floor, color="0.45", lw=0.9, ls=ls, label=label)
 
 
 def _curve(ax: Any, by_n: dict[int, dict[str, Row]], cells: Sequence[int], mid: str, what: str, color: Any,
@@ -137,8 +144,6 @@ def tradeoff_figure(study: Study) -> Any:
 
     models = [m for m in study.models if study.measured_plans(m)]
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), sharey=True, squeeze=False)
-    floors = [(study.baseline_accuracy("chance")[1], "-.", "chance (random guess)"),
-              (study.baseline_accuracy("constant")[1], (0, (1, 3)), "best constant answer")]
     for ax, m in zip(axes[0], models, strict=True):
         plans = study.measured_plans(m)
         for gran, color in (("layer", "tab:blue"), ("attention", "tab:orange")):
@@ -149,9 +154,7 @@ def tradeoff_figure(study: Study) -> Any:
         dense = study.avg_accuracy(study.dense(m))
         if dense is not None:
             ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
-        for y, ls, label in floors:
-            if y is not None:
-                ax.axhline(y, color="0.45", lw=0.9, ls=ls, label=label)
+        _floor_lines(ax, study)
         rho = study.ppl_accuracy_correlation(m)["avg"]
         ax.set_xscale("log")
         ax.set_xlabel("perplexity ÷ dense (geo-mean over corpora)")
@@ -216,7 +219,7 @@ def model_section(study: Study, spec: StudySpec, model: str, n_blocks: int, fig_
         cells += [f"{dense.metrics.get('params_total', 0) / 1e6:.1f} M", f"`{short(dense.run_id)}`"]
         rows = [cells]
         if with_tasks and study.baseline is not None:
-            for what, label in (("chance", "chance (random guess)"), ("constant", "best constant answer")):
+            for what, label, _ in FLOORS:
                 per, avg = study.baseline_accuracy(what)
                 rows.append([label] + ["–" for _ in study.corpora] + [fmt(per.get(t), 3) for t in study.tasks]
                             + [fmt(avg, 3), "–", f"`{short(study.baseline.run_id)}`"])

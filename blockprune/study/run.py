@@ -274,14 +274,19 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
             echo(f"[study] {k}: lm-eval done in {metrics['lm_eval_seconds']:.0f} s")
 
 
-def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
-    from blockprune.evaluation.lm_eval_tasks import run_lm_eval
-
+def _tasks_by_limit(ev: Any) -> dict[int | None, list[str]]:
+    """The spec's tasks grouped by their limit: one lm-eval call (or baseline pass) per limit."""
     by_limit: dict[int | None, list[str]] = {}
     for t, lim in ev.tasks:
         by_limit.setdefault(lim, []).append(t)
+    return by_limit
+
+
+def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
+    from blockprune.evaluation.lm_eval_tasks import run_lm_eval
+
     out: dict[str, float] = {}
-    for lim, names in by_limit.items():
+    for lim, names in _tasks_by_limit(ev).items():
         res = run_lm_eval(model, tokenizer, names, limit=lim, batch_size=ev.batch_size,
                           mixed_precision=None if ev.lm_eval_dtype == "float32" else ev.lm_eval_dtype)
         for task, vals in res.items():
@@ -300,10 +305,7 @@ def log_baselines(spec: StudySpec, slog: StudyLog, echo: Echo) -> None:
     key = baseline_key(ev.docs_tag)
     if not ev.tasks or slog.by_key("baseline").get(key) is not None:
         return
-    by_limit: dict[int | None, list[str]] = {}
-    for t, lim in ev.tasks:
-        by_limit.setdefault(lim, []).append(t)
-    metrics = {f"{task}.{name}": v for lim, names in by_limit.items()
+    metrics = {f"{task}.{name}": v for lim, names in _tasks_by_limit(ev).items()
                for task, vals in answer_baselines(names, lim).items() for name, v in vals.items()}
     rid = slog.start("baseline", key, "answer baselines", {"docs": ev.docs_tag})
     slog.log(rid, metrics)
