@@ -39,7 +39,8 @@ def load_study(spec: StudySpec, tracking_uri: str) -> tuple[Study, list[Any]]:
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
     runs = slog.runs()
     study = Study.from_runs(runs, [t for t, _ in spec.evaluation.tasks], list(spec.evaluation.corpora),
-                            [m.name for m in spec.models], spec.evaluation.tasks_tag)
+                            [m.name for m in spec.models], spec.evaluation.tasks_tag,
+                            spec.evaluation.docs_tag)
     return study, runs
 
 
@@ -142,10 +143,11 @@ def tradeoff_figure(study: Study) -> Any:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [m for m in study.models if study.measured_plans(m)]
+    measured = {m: study.measured_plans(m) for m in study.models}
+    models = [m for m in study.models if measured[m]]
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), sharey=True, squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
-        plans = study.measured_plans(m)
+        plans = measured[m]
         for gran, color in (("layer", "tab:blue"), ("attention", "tab:orange")):
             pts = [(r, study.avg_accuracy(ev)) for ev, r in plans if ev.plan_key.split("|")[1] == gran]
             if pts:
@@ -155,7 +157,7 @@ def tradeoff_figure(study: Study) -> Any:
         if dense is not None:
             ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
         _floor_lines(ax, study)
-        rho = study.ppl_accuracy_correlation(m)["avg"]
+        rho = study.ppl_accuracy_correlation(m, plans)["avg"]
         ax.set_xscale("log")
         ax.set_xlabel("perplexity ÷ dense (geo-mean over corpora)")
         ax.set_title(f"{m}: Spearman ρ = {fmt(rho)}", fontsize=9)
@@ -399,12 +401,13 @@ def budget_section(study: Study) -> list[str]:
 
 def correlation_section(study: Study, fig_dir: Path, rel_dir: str) -> list[str]:
     """Spearman's ρ between ppl× and each task's accuracy over every measured plan, and the scatter."""
-    models = [m for m in study.models if len(study.measured_plans(m)) >= 3]
+    plans = {m: study.measured_plans(m) for m in study.models}
+    models = [m for m in study.models if len(plans[m]) >= 3]
     if not models:
         return []
     _save(tradeoff_figure(study), fig_dir / "ppl-vs-accuracy.png")
-    n = {m: len(study.measured_plans(m)) for m in models}
-    rho = {m: study.ppl_accuracy_correlation(m) for m in models}
+    n = {m: len(plans[m]) for m in models}
+    rho = {m: study.ppl_accuracy_correlation(m, plans[m]) for m in models}
     lines = ["## Does perplexity predict accuracy?", "",
              "Spearman's ρ between ppl× and accuracy over every plan (all calibrations) with both measured: "
              "−1 means the lower the perplexity, the higher the accuracy, in the same order. With n plans and no "
@@ -421,10 +424,11 @@ def correlation_lines(study: Study) -> list[str]:
     """One summary bullet: how well perplexity ranks plans, and which tasks do not react at all."""
     parts, flat = [], []
     for m in study.models:
-        n = len(study.measured_plans(m))
+        plans = study.measured_plans(m)
+        n = len(plans)
         if n < 3:
             continue
-        rho = study.ppl_accuracy_correlation(m)
+        rho = study.ppl_accuracy_correlation(m, plans)
         parts.append(f"{fmt(rho['avg'])} ({m}, {n} plans)")
         quiet = [t for t in study.tasks if rho[t] is None or abs(rho[t]) < 2 / math.sqrt(n - 1)]  # type: ignore[arg-type]
         if quiet:

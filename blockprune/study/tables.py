@@ -113,15 +113,16 @@ class Study:
 
     @classmethod
     def from_runs(cls, runs: Sequence[RunRecord], tasks: Sequence[str], corpora: Sequence[str],
-                  models: Sequence[str], tasks_tag: str | None = None) -> Study:
+                  models: Sequence[str], tasks_tag: str | None = None, docs_tag: str | None = None) -> Study:
         """``tasks_tag``: use a run's lm-eval metrics only when its ``tasks_done`` tag is this one (results of
-        other limits or another lm-eval dtype are not mixed in; the study redoes them)."""
+        other limits or another lm-eval dtype are not mixed in; the study redoes them). ``docs_tag``: use only
+        the answer baselines of these documents (the tasks and limits, whatever the dtype)."""
         sels: list[Selection] = []
         evals: dict[str, Evaluation] = {}
         cals: dict[str, RunRecord] = {}
         infeasible: list[RunRecord] = []
         baseline: Evaluation | None = None
-        docs_key = None if tasks_tag is None else baseline_key(tasks_tag.split(";")[0])
+        docs_key = None if docs_tag is None else baseline_key(docs_tag)
         for r in sorted(runs, key=lambda r: r.metrics.get("logged_at", 0.0)):
             t = r.tags
             if r.kind == "selection" and ("infeasible" in t or "blocks" not in t):
@@ -217,11 +218,13 @@ class Study:
                     out.append((ev, ratio))
         return out
 
-    def ppl_accuracy_correlation(self, model: str) -> dict[str, float | None]:
+    def ppl_accuracy_correlation(self, model: str, plans: list[tuple[Evaluation, float]] | None = None
+                                 ) -> dict[str, float | None]:
         """Spearman's ρ between ppl× and each task's accuracy (and the average, key "avg") over the model's
         measured plans. Why: where perplexity ranks plans as a task does, the cheap number can stand in for
-        the expensive one; a task with ρ near 0 does not react to pruning at this model size."""
-        plans = self.measured_plans(model)
+        the expensive one; a task with ρ near 0 does not react to pruning at this model size. ``plans``: the
+        model's ``measured_plans`` when the caller has them already."""
+        plans = self.measured_plans(model) if plans is None else plans
         ratios = [r for _, r in plans]
         out: dict[str, float | None] = {t: spearman(ratios, [task_accuracy(ev.metrics, t) or 0.0 for ev, _ in plans])
                                         for t in self.tasks}

@@ -245,12 +245,12 @@ def test_accuracies_are_read_against_chance_and_the_best_constant_answer(study: 
 
     tag = "piqa:50,boolq:50;bfloat16"  # the baseline's key leaves out the dtype: same documents
     runs = [RunRecord(r.run_id, r.tags | {"tasks_done": tag}, r.metrics) for r in _runs(study)]
-    s = Study.from_runs([*runs, _baseline()], TASKS, CORPORA, [MODEL], tasks_tag=tag)
+    s = Study.from_runs([*runs, _baseline()], TASKS, CORPORA, [MODEL], tasks_tag=tag, docs_tag="piqa:50,boolq:50")
     assert s.baseline_accuracy("chance") == ({"piqa": 0.5, "boolq": 0.5}, 0.5)
     assert s.baseline_accuracy("constant")[1] == pytest.approx(0.66)
     # baselines of other documents (other limits) are not used
     other = Study.from_runs([*_runs(study), _baseline("piqa:10,boolq:10")], TASKS, CORPORA, [MODEL],
-                            tasks_tag="piqa:50,boolq:50")
+                            tasks_tag="piqa:50,boolq:50", docs_tag="piqa:50,boolq:50")
     assert other.baseline is None and other.baseline_accuracy("chance") == ({}, None)
     # pruned plans with accuracies: (3, 4) 0.60 (below the constant 0.66) and (1, 2) 0.70; chance + 0.05 = 0.55
     text = "\n".join(summary_section(s))
