@@ -317,8 +317,10 @@ def time_lines(study: Study, spec: StudySpec) -> list[str]:
     lines = ["Wall time per unit of work on the machine that ran this study (means of the runs above), and the "
              "time the unfinished part of the grid needs at those rates:", ""]
     hdr = ["model", "capture s / calibration", "scoring s / calibration", "perplexity s / plan",
-           "lm-eval s / plan", "left: calibrations / plans (ppl) / plans (lm-eval)", "≈ hours left"]
+           "lm-eval s / plan", "left: calibrations / plans (ppl) / plans (lm-eval)", "≈ hours left",
+           "≈ hours, whole grid"]
     rows = []
+    whole_total = 0.0
     n_cal = len(spec.calibrations())
     for m in study.models:
         cals = [c for c in study.calibrations if c.tags.get("model") == m]
@@ -335,22 +337,30 @@ def time_lines(study: Study, spec: StudySpec) -> list[str]:
         cal_left = n_cal - len(per_cal)
         ppl_left = len(keys) - len(evs)
         lm_left = len(keys) - sum(1 for e in evs if "lm_eval_seconds" in e.metrics) if study.tasks else 0
+        ref = {s.plan_key for s in study.selections if s.model == m and s.reference} | {plan_key(m, "", None)}
         if spec.evaluation.lm_eval_scope == "reference":
-            ref = {s.plan_key for s in study.selections if s.model == m and s.reference} | {plan_key(m, "", None)}
             lm_left = sum(1 for k in ref if not (k in study.evaluations
                                                   and "lm_eval_seconds" in study.evaluations[k].metrics))
         # plans of the calibrations not yet run: as many new distinct plans per calibration as so far
         new_per_cal = (len(keys) - 1) / max(len(per_cal), 1)
-        est = None
+        est = whole = None
         if cap is not None and score is not None and ppl_s is not None:
             more = cal_left * new_per_cal if spec.evaluation.lm_eval_scope == "all" else 0
             est = (cal_left * (cap + score) + (ppl_left + cal_left * new_per_cal) * ppl_s
                    + (lm_left + more) * (lm_s or 0.0)) / 3600
+            # the same rates over the whole grid: what a fresh machine needs for this model
+            n_plans = len(keys) + cal_left * new_per_cal
+            n_lm = 0 if not study.tasks else n_plans if spec.evaluation.lm_eval_scope == "all" else len(ref)
+            whole = (n_cal * (cap + score) + n_plans * ppl_s + n_lm * (lm_s or 0.0)) / 3600
+            whole_total += whole
         hours = fmt(est, 1) + (" + lm-eval (no rate measured yet)" if est is not None and lm_s is None and lm_left
                                else "")
         rows.append([m, fmt(cap, 0), fmt(score, 0), fmt(ppl_s, 1), fmt(lm_s, 0),
-                     f"{cal_left} / {ppl_left} / {lm_left}", hours])
-    return lines + _table(hdr, rows) + [""]
+                     f"{cal_left} / {ppl_left} / {lm_left}", hours, fmt(whole, 1)])
+    tail = [f"At these rates the whole grid takes ≈ {fmt(whole_total, 1)} h of study time on this machine, "
+            "plus model loading between plans and the once-per-machine set-up (corpora, lm-eval data).", ""] \
+        if whole_total else []
+    return lines + _table(hdr, rows) + [""] + tail
 
 
 def _best(rows: list[Row], key: str) -> Row | None:

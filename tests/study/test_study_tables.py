@@ -328,3 +328,29 @@ def test_which_plan_to_pick_for_a_perplexity_budget(study: Study) -> None:
     assert "| ≤ 1.25× | no plan of the grid |" in text
     assert "| ≤ 4× | 2 layers by ShortGPT (BI): ppl× 2.83, 50.0% of the parameters, avg acc 0.600 (`ev000002`) |" \
         in text
+
+
+@pytest.mark.unit
+def test_time_lines_give_what_is_left_and_the_whole_grid_at_the_measured_rates() -> None:
+    """2 of 4 calibrations run (1000 s capture + 1.5 s scoring each), 2 plans + dense, 10 s ppl and 20 s lm-eval
+    per plan: the 2 calibrations left bring 1 new plan each, so the whole grid is 4 × 1001.5 + 5 × 30 s."""
+    from blockprune.study.report import time_lines
+
+    def cal(i: int, corpus: str) -> RunRecord:
+        return RunRecord(f"cal{i:05d}xxxx", {"study.kind": "calibration", "study.key": calibration_key(
+            MODEL, corpus, 0, 8, 64), "model": MODEL, "corpus": corpus, "seed": "0"}, {"capture_seconds": 1000.0})
+
+    def ev(i: int, key: str) -> RunRecord:
+        r = _eval(i, key, 10.0, 20.0, 0.6, 0.6)
+        return RunRecord(r.run_id, r.tags, r.metrics | {"ppl_seconds": 10.0, "lm_eval_seconds": 20.0})
+
+    runs = [cal(1, "a"), cal(2, "b"), _sel(1, "a", 0, "shortgpt", None, 2, (3, 4)),
+            _sel(2, "b", 0, "shortgpt", None, 2, (3, 5)), ev(1, plan_key(MODEL, "", None)),
+            ev(2, plan_key(MODEL, "layer", (3, 4))), ev(3, plan_key(MODEL, "layer", (3, 5)))]
+    spec = parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}},
+                       "calibration": {"corpora": ["a", "b"], "seeds": [0, 1], "n_samples": 8, "seq_len": 64},
+                       "methods": {"layer": ["shortgpt"]}, "evaluation": {"tasks": {"piqa": 5, "boolq": 5}}})
+    text = "\n".join(time_lines(Study.from_runs(runs, TASKS, CORPORA, [MODEL]), spec))
+    left, whole = (2 * 1001.5 + 2 * 10 + 2 * 20) / 3600, (4 * 1001.5 + 5 * 30) / 3600
+    assert f"| {MODEL} | 1,000 | 2 | 10.0 | 20 | 2 / 0 / 0 | {left:.1f} | {whole:.1f} |" in text
+    assert f"the whole grid takes ≈ {whole:.1f} h" in text
