@@ -354,3 +354,34 @@ def test_time_lines_give_what_is_left_and_the_whole_grid_at_the_measured_rates()
     left, whole = (2 * 1001.5 + 2 * 10 + 2 * 20) / 3600, (4 * 1001.5 + 5 * 30) / 3600
     assert f"| {MODEL} | 1,000 | 2 | 10.0 | 20 | 2 / 0 / 0 | {left:.1f} | {whole:.1f} |" in text
     assert f"the whole grid takes ≈ {whole:.1f} h" in text
+
+
+@pytest.mark.unit
+def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
+    """Two calibrations. ShortGPT's plans: ppl× 2.83 and 2.83, acc 0.6 and 0.5; EntroDrop's 1.5 and 3 (geomean
+    2.12), acc 0.7 and 0.4 (mean 0.55, a tie); MI-PRUN's 1.5 and 2.83 (2.06), acc 0.7 and 0.6 (+0.10 > ±0.05)."""
+    from blockprune.study.report import all_calibration_claims
+
+    runs = [
+        _sel(1, "a", 0, "shortgpt", None, 2, (3, 4)), _sel(2, "b", 0, "shortgpt", None, 2, (3, 5)),
+        _sel(3, "a", 0, "entrodrop", "entropy.knn", 2, (1, 2)), _sel(4, "b", 0, "entrodrop", "entropy.knn", 2, (6, 7)),
+        _sel(5, "a", 0, "mi_fbs", "mi.ksg", 2, (1, 2)), _sel(6, "b", 0, "mi_fbs", "mi.ksg", 2, (3, 4)),
+        _eval(1, plan_key(MODEL, "", None), 10.0, 20.0, 0.8, 0.6),
+        _eval(2, plan_key(MODEL, "layer", (3, 4)), 20.0, 80.0, 0.6, 0.6),
+        _eval(3, plan_key(MODEL, "layer", (3, 5)), 40.0, 40.0, 0.5, 0.5),
+        _eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0, 0.7, 0.7),
+        _eval(5, plan_key(MODEL, "layer", (6, 7)), 30.0, 60.0, 0.4, 0.4),
+    ]
+    s = Study.from_runs(runs, TASKS, CORPORA, [MODEL])
+    noise = s.accuracy_noise()
+    assert noise is not None and noise[1] == pytest.approx(0.05)  # √(2 × 0.25/50) / 2
+    (line,) = all_calibration_claims(s, noise[1])
+    assert "over all 2 calibrations" in line
+    assert "EntroDrop beats ShortGPT in 1 of 1 cells by perplexity and 0 by average accuracy (0 beyond ±0.050)" in line
+    assert "MI-PRUN beats ShortGPT in 1 of 1 cells by perplexity and 1 by average accuracy (1 beyond ±0.050)" in line
+    assert "MI-PRUN beats EntroDrop in 1 of 1 cells by perplexity" in line
+    # one calibration's plan without lm-eval: that method is not judged on a partial mean, and the cell drops out
+    partial = Study.from_runs([*runs[:-1], _eval(5, plan_key(MODEL, "layer", (6, 7)), 30.0, 60.0)], TASKS, CORPORA,
+                              [MODEL])
+    (line,) = all_calibration_claims(partial, 0.05)
+    assert "EntroDrop" not in line.split(": ", 1)[1] and "MI-PRUN beats ShortGPT in 1 of 1" in line
