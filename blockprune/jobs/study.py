@@ -20,7 +20,7 @@ apply_env_defaults()
 
 EPILOG = """examples:
   python -m blockprune.jobs.study --quick            # small grid, < 20 min on 2 CPU cores → docs/RESULTS-quick.md
-  python -m blockprune.jobs.study                    # the full grid (hours on CPU) → docs/RESULTS.md
+  python -m blockprune.jobs.study                    # the full grid (≈10 h on 2 CPU cores) → docs/RESULTS.md
   python -m blockprune.jobs.study --max-minutes 60   # work for an hour, write the report, stop; rerun to resume
   python -m blockprune.jobs.study --report-only      # rewrite the report from MLflow
   python -m blockprune.jobs.study --import-runs docs/results/runs.json   # resume on another machine
