@@ -484,10 +484,12 @@ def summary_section(study: Study) -> list[str]:
     claims: dict[str, list[bool]] = {"entro": [], "mi": [], "mi_vs_entro": []}
     claims_acc: dict[str, list[float]] = {"entro": [], "mi": []}  # best avg acc − ShortGPT's, per cell
     wins: list[tuple[str, str, int, Row, Row]] = []  # (model, granularity, n, best of a family, ShortGPT)
+    cells: list[list[Row]] = []
     for m in study.models:
         for gran in ("layer", "attention"):
             for n in study.cells(m, gran):
                 rows = study.rows(m, gran, n)
+                cells.append(rows)
                 best = _best(rows, "ppl_ratio")
                 best_acc = _best(rows, "avg_acc")
                 if best is None:
@@ -498,8 +500,8 @@ def summary_section(study: Study) -> list[str]:
                 lines.append(text)
                 by = {r.method: r for r in rows}
                 sg = by.get("shortgpt")
-                entro = [r for r in rows if r.method.startswith("entrodrop/") and r.ppl_ratio is not None]
-                mi = [r for r in rows if r.method.startswith("mi_") and r.ppl_ratio is not None]
+                entro, mi = ([r for r in rows if family(r.method) == f and r.ppl_ratio is not None]
+                             for f in ("entrodrop", "mi"))
                 if sg and sg.ppl_ratio is not None:
                     if entro:
                         claims["entro"].append(min(r.ppl_ratio for r in entro) < sg.ppl_ratio)  # type: ignore[type-var]
@@ -544,7 +546,7 @@ def summary_section(study: Study) -> list[str]:
     ]
     if noise is not None:
         lines += _accuracy_wins(wins, noise[1])
-    lines += all_calibration_claims(study, None if noise is None else noise[1])
+    lines += all_calibration_claims(cells, None if noise is None else noise[1])
     lines += floor_lines(study)
     lines += correlation_lines(study)
     stab = []
@@ -572,30 +574,28 @@ def _over_calibrations(r: Row) -> tuple[float, float] | None:
     return geomean(r.ppl_ratio_all), sum(r.acc_all) / len(r.acc_all)
 
 
-def all_calibration_claims(study: Study, noise: float | None) -> list[str]:
-    """The papers' claims counted again with each method judged by all its calibrations' plans, not by the
-    reference calibration's alone. Why: one calibration is one draw; a plan that wins only on it is luck of
-    the corpus and seed, and the stability tables show such plans differ from draw to draw."""
+def all_calibration_claims(cells: Sequence[Sequence[Row]], noise: float | None) -> list[str]:
+    """The papers' claims counted again over ``cells`` (each cell's rows, as ``Study.rows`` gives them) with
+    each method judged by all its calibrations' plans, not by the reference calibration's alone. Why: one
+    calibration is one draw; a plan that wins only on it is luck of the corpus and seed, and the stability
+    tables show such plans differ from draw to draw."""
     ppl: dict[str, list[bool]] = {"entro": [], "mi": [], "mi_vs_entro": []}
     acc: dict[str, list[float]] = {"entro": [], "mi": []}
     k = 0
-    for m in study.models:
-        for gran in ("layer", "attention"):
-            for n in study.cells(m, gran):
-                rows = study.rows(m, gran, n)
-                sg = next((r for r in rows if r.method == "shortgpt"), None)
-                base = _over_calibrations(sg) if sg else None
-                if sg is None or base is None:
-                    continue
-                k = max(k, sg.n_calibrations)
-                fams = {fam: [v for r in rows if r.method.startswith(prefix) and (v := _over_calibrations(r))]
-                        for fam, prefix in (("entro", "entrodrop/"), ("mi", "mi_"))}
-                for fam, vals in fams.items():
-                    if vals:
-                        ppl[fam].append(min(v[0] for v in vals) < base[0])
-                        acc[fam].append(max(v[1] for v in vals) - base[1])
-                if fams["entro"] and fams["mi"]:
-                    ppl["mi_vs_entro"].append(min(v[0] for v in fams["mi"]) < min(v[0] for v in fams["entro"]))
+    for rows in cells:
+        sg = next((r for r in rows if r.method == "shortgpt"), None)
+        base = _over_calibrations(sg) if sg else None
+        if sg is None or base is None:
+            continue
+        k = max(k, sg.n_calibrations)
+        fams = {fam: [v for r in rows if family(r.method) == f and (v := _over_calibrations(r))]
+                for fam, f in (("entro", "entrodrop"), ("mi", "mi"))}
+        for fam, vals in fams.items():
+            if vals:
+                ppl[fam].append(min(v[0] for v in vals) < base[0])
+                acc[fam].append(max(v[1] for v in vals) - base[1])
+        if fams["entro"] and fams["mi"]:
+            ppl["mi_vs_entro"].append(min(v[0] for v in fams["mi"]) < min(v[0] for v in fams["entro"]))
     if not ppl["entro"] and not ppl["mi"]:
         return []
 

@@ -375,7 +375,7 @@ def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
     s = Study.from_runs(runs, TASKS, CORPORA, [MODEL])
     noise = s.accuracy_noise()
     assert noise is not None and noise[1] == pytest.approx(0.05)  # √(2 × 0.25/50) / 2
-    (line,) = all_calibration_claims(s, noise[1])
+    (line,) = all_calibration_claims([s.rows(MODEL, "layer", 2)], noise[1])
     assert "over all 2 calibrations" in line
     assert "EntroDrop beats ShortGPT in 1 of 1 cells by perplexity and 0 by average accuracy (0 beyond ±0.050)" in line
     assert "MI-PRUN beats ShortGPT in 1 of 1 cells by perplexity and 1 by average accuracy (1 beyond ±0.050)" in line
@@ -383,5 +383,5 @@ def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
     # one calibration's plan without lm-eval: that method is not judged on a partial mean, and the cell drops out
     partial = Study.from_runs([*runs[:-1], _eval(5, plan_key(MODEL, "layer", (6, 7)), 30.0, 60.0)], TASKS, CORPORA,
                               [MODEL])
-    (line,) = all_calibration_claims(partial, 0.05)
+    (line,) = all_calibration_claims([partial.rows(MODEL, "layer", 2)], 0.05)
     assert "EntroDrop" not in line.split(": ", 1)[1] and "MI-PRUN beats ShortGPT in 1 of 1" in line
