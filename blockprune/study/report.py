@@ -134,16 +134,16 @@ def _curve(ax: Any, by_n: dict[int, dict[str, Row]], cells: Sequence[int], mid: 
         ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
 
 
-def tradeoff_figure(study: Study) -> Any:
+def tradeoff_figure(study: Study, measured: dict[str, list[Any]] | None = None) -> Any:
     """Average accuracy against ppl× (log) for every measured plan, one panel per model, with the dense model
     and the answer baselines as lines: where the cheap number and the expensive one agree, and where the
-    accuracies sit on the floor."""
+    accuracies sit on the floor. ``measured``: each model's ``measured_plans`` when the caller has them."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    measured = {m: study.measured_plans(m) for m in study.models}
+    measured = measured if measured is not None else {m: study.measured_plans(m) for m in study.models}
     models = [m for m in study.models if measured[m]]
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.2), sharey=True, squeeze=False)
     for ax, m in zip(axes[0], models, strict=True):
@@ -415,7 +415,7 @@ def correlation_section(study: Study, fig_dir: Path, rel_dir: str) -> list[str]:
     models = [m for m in study.models if len(plans[m]) >= 3]
     if not models:
         return []
-    _save(tradeoff_figure(study), fig_dir / "ppl-vs-accuracy.png")
+    _save(tradeoff_figure(study, plans), fig_dir / "ppl-vs-accuracy.png")
     n = {m: len(plans[m]) for m in models}
     rho = {m: study.ppl_accuracy_correlation(m, plans[m]) for m in models}
     lines = ["## Does perplexity predict accuracy?", "",
