@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from blockprune.errors import BlockpruneError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(BlockpruneError, KeyError):
     """Raised for a name that is not registered; the message lists the known ones."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable

@@ -25,12 +25,13 @@ from tqdm.auto import tqdm
 from blockprune.calibration.stats import BlockStats, token_dot, token_norm
 from blockprune.calibration.store import ActivationStore, StoreWriter, boundary_name
 from blockprune.calibration.windows import TokenWindows
+from blockprune.errors import BlockpruneError
 from blockprune.models.adapters import Adapter
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteActivationError(FloatingPointError):
+class NonFiniteActivationError(BlockpruneError, FloatingPointError):
     """NaN or inf appeared in a layer's activations."""
 
 

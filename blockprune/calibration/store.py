@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from blockprune.errors import ResourceError
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
@@ -46,7 +48,7 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-class StoreCorruptError(RuntimeError):
+class StoreCorruptError(ResourceError):
     """A store's files do not match its manifest."""
 
 

@@ -15,11 +15,12 @@ from typing import Any
 import numpy as np
 
 from blockprune.calibration.corpora import Corpus
+from blockprune.errors import BadInputError
 
 HELDOUT_EVERY = 10  # every 10th document (by position) is held out
 
 
-class CorpusTooShortError(ValueError):
+class CorpusTooShortError(BadInputError):
     """The corpus cannot supply the requested number of tokens."""
 
 

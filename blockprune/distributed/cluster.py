@@ -18,17 +18,18 @@ from typing import Any
 from urllib.parse import urlparse
 
 from blockprune.env import apply_env_defaults
+from blockprune.errors import BadInputError, ResourceError
 
 apply_env_defaults()
 
 log = logging.getLogger(__name__)
 
 
-class ClusterUnreachableError(ConnectionError):
+class ClusterUnreachableError(ResourceError, ConnectionError):
     """An explicit Ray address that does not answer."""
 
 
-class InsufficientResourcesError(ValueError):
+class InsufficientResourcesError(BadInputError):
     """A request (GPUs per actor, …) that no node of the cluster can satisfy."""
 
 

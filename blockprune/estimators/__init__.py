@@ -1,7 +1,8 @@
 """Information measures on arrays (n_tokens, d): pure numpy/scipy, optional torch; no models, no Ray.
 
 Every estimator is ``score(x, y=None, **params) -> float`` (nats for entropy and MI) and is registered by a
-stable name in ONE registry; ``get(name)`` returns the callable and ``names()`` lists them:
+stable name in ONE registry with an :class:`EstimatorSpec` (its kind, parameters, pooling); ``get(name)``
+returns that spec, which is itself callable, and ``names()`` lists them:
 
     bi, angular, relative_magnitude                       similarity of a block's input and output
     entropy.bucket, entropy.knn, entropy.renyi, entropy.gaussian
@@ -11,20 +12,21 @@ stable name in ONE registry; ``get(name)`` returns the callable and ``names()`` 
 from __future__ import annotations
 
 from . import entropy, knn, mi, preprocess, reference, similarity
-from ._registry import ESTIMATORS, Estimator
+from ._registry import ESTIMATORS, Estimator, EstimatorSpec, register
 from .similarity import angular, bi, relative_magnitude
 
 
-def get(name: str) -> Estimator:
-    """The estimator registered as ``name``; UnknownNameError lists the known names."""
+def get(name: str) -> EstimatorSpec:
+    """The spec of the estimator registered as ``name`` (callable); UnknownNameError lists the known names."""
     return ESTIMATORS.get(name)
 
 
-def names() -> list[str]:
-    return ESTIMATORS.names()
+def names(kind: str | None = None) -> list[str]:
+    """Registered estimator names, optionally only those of one kind ("entropy", "mi", "similarity")."""
+    return [n for n in ESTIMATORS.names() if kind is None or ESTIMATORS.get(n).kind == kind]
 
 
 __all__ = [
-    "ESTIMATORS", "Estimator", "angular", "bi", "entropy", "get", "knn", "mi", "names", "preprocess",
-    "reference", "relative_magnitude", "similarity",
+    "ESTIMATORS", "Estimator", "EstimatorSpec", "angular", "bi", "entropy", "get", "knn", "mi", "names", "preprocess",
+    "reference", "register", "relative_magnitude", "similarity",
 ]

@@ -20,7 +20,7 @@ import numpy as np
 from scipy.special import digamma
 
 from . import knn as _knn
-from ._registry import ESTIMATORS
+from ._registry import register
 from ._threads import blas_threads
 from ._validate import as_pair, check_choice, check_k
 from .knn import Backend, Norm, Precision
@@ -43,7 +43,7 @@ def ksg_float32_ok(x: np.ndarray, y: np.ndarray, opts: Options, precision: Preci
     return _knn.resolve_precision(precision, dims, norm) is np.float32
 
 
-@ESTIMATORS.register("mi.ksg")
+@register("mi.ksg", "mi")
 def ksg(
     x: Any, y: Any = None, *, k: int = 3, variant: int = 1, norm: Norm = "euclidean",
     standardize: Standardize = "robust", jitter: Jitter = "auto", dedup: bool = True, proj: Proj = "pca",
@@ -89,7 +89,7 @@ def wishart_logdet_bias(dim: int, dof: int) -> float:
     return float(np.sum(digamma((dof - i + 1) / 2.0)) + dim * np.log(2.0 / dof))
 
 
-@ESTIMATORS.register("mi.gaussian")
+@register("mi.gaussian", "mi")
 def gaussian(
     x: Any, y: Any = None, *, standardize: Standardize = False, proj: Proj = "none", p: int = 16,
     seed: int = 0, bias_correct: bool = False,
@@ -125,7 +125,7 @@ def gaussian(
     return value
 
 
-@ESTIMATORS.register("mi.sliced")
+@register("mi.sliced", "mi")
 def sliced(
     x: Any, y: Any = None, *, n_slices: int = 64, shared: bool = True, k: int = 3,
     standardize: Standardize = "robust", jitter: Jitter = "auto", dedup: bool = True, seed: int = 0,

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._registry import ESTIMATORS
+from ._registry import register
 from ._validate import as_pair
 
 _CHUNK = 4096
@@ -35,19 +35,19 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(np.einsum("ij,ij->i", a, b) / np.maximum(den, _TINY), -1.0, 1.0)
 
 
-@ESTIMATORS.register("bi")
+@register("bi", "similarity")
 def bi(x: Any, y: Any = None) -> float:
     """Block Influence (ShortGPT): 1 - mean_t cos(x_t, y_t); 0 for an identity block, 2 for a sign flip."""
     return 1.0 - _per_token(x, y, "bi", _cos)
 
 
-@ESTIMATORS.register("angular")
+@register("angular", "similarity")
 def angular(x: Any, y: Any = None) -> float:
     """Angular distance (Gromov et al.): mean_t arccos(cos(x_t, y_t)) / pi, in [0, 1]."""
     return _per_token(x, y, "angular", lambda a, b: np.arccos(_cos(a, b)) / np.pi)
 
 
-@ESTIMATORS.register("relative_magnitude")
+@register("relative_magnitude", "similarity")
 def relative_magnitude(x: Any, y: Any = None) -> float:
     """mean_t |y_t - x_t| / |y_t| = |f(x)| / |x + f(x)| for a residual block y = x + f(x)."""
 

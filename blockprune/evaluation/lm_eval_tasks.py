@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from blockprune.env import cache_dir
+from blockprune.errors import BadInputError
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -149,7 +150,7 @@ MMLU_SUBJECTS: dict[str, str] = {
 MMLU_CATEGORIES: tuple[str, ...] = ("stem", "humanities", "social_sciences", "other")
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(BadInputError):
     """A requested task name is not known; raised before any model work."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from blockprune.env import apply_env_defaults
+from blockprune.errors import BadInputError
 
 apply_env_defaults()
 
@@ -61,7 +62,7 @@ TRACKING_KEYS = {"uri", "experiment", "enabled"}
 CALIBRATION_DEFAULTS = {"n_samples": 32, "seq_len": 256, "seed": 0}  # the `blockprune calibrate` defaults
 
 
-class SpecError(ValueError):
+class SpecError(BadInputError):
     """The sweep spec is malformed or names something that does not exist."""
 
 

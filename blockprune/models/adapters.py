@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from blockprune.errors import BadInputError
 from blockprune.registry import Registry
 
 
-class UnsupportedArchitectureError(ValueError):
+class UnsupportedArchitectureError(BadInputError):
     """The model's ``model_type`` has no adapter."""
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from blockprune.errors import BadInputError
 from blockprune.models.adapters import Adapter, adapter_for, adapter_for_config, text_config
 from blockprune.selection.plan import PrunePlan
 
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 PLAN_FILE = "blockprune_plan.json"
 
 
-class PlanMismatchError(ValueError):
+class PlanMismatchError(BadInputError):
     """The plan was made for another model, revision or layer count."""
 
 

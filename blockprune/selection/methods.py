@@ -9,6 +9,11 @@ saying which input it reads, so a driver knows what to compute before calling it
 
 ``prunes`` says whether the lowest or highest scores go (``None`` for positional baselines);
 ``score`` names the score the method expects, the key it gets in ``PrunePlan.scores``.
+
+The spec is the single source of truth about a method: which kind of estimator it takes and its
+default, which streaming statistic serves it when no estimator is named, and how reports label and
+group it. Adding a method is one ``_register`` call here; drivers, validation, sweeps and the study
+read these facts instead of keeping their own tables.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from blockprune.selection.topk import (
 
 Needs = Literal["block", "run", "none"]
 Prunes = Literal["lowest", "highest"]
+EstimatorKind = Literal["entropy", "mi", "similarity"]
+Family = Literal["base", "entrodrop", "mi"]
 Scorer = RunScoreFn | BatchRunScorer
 
 
@@ -53,50 +60,68 @@ class MethodSpec:
     score: str | None
     fn: Callable[..., Selection]
     description: str = ""
+    estimator_kind: EstimatorKind | None = None  # the estimators it accepts (None: it takes none)
+    default_estimator: str | None = None  # used when the user names none
+    stat: str | None = None  # streaming statistic that serves it when no estimator is named
+    label: str = ""  # how reports name it
+    family: Family = "base"  # which paper's panel it belongs to in reports
+    show_estimator: bool = False  # reports name its estimator even when it is the default
+
+    @property
+    def layer_only(self) -> bool:
+        """Run methods score runs of whole layers, so they have no attention/MLP form."""
+        return self.needs == "run"
 
 
 METHODS: Registry[MethodSpec] = Registry("selection method")
 
 
 def _register(
-    name: str, needs: Needs, prunes: Prunes | None, score: str | None, description: str
+    name: str, needs: Needs, prunes: Prunes | None, score: str | None, description: str, **facts: object
 ) -> Callable[[Callable[..., Selection]], Callable[..., Selection]]:
     def deco(fn: Callable[..., Selection]) -> Callable[..., Selection]:
-        METHODS.register(name, MethodSpec(name, needs, prunes, score, fn, description))
+        METHODS.register(name, MethodSpec(name, needs, prunes, score, fn, description, **facts))  # type: ignore[arg-type]
         return fn
 
     return deco
 
 
-@_register("shortgpt", "block", "lowest", "bi", "ShortGPT: drop the lowest Block Influence")
+@_register("shortgpt", "block", "lowest", "bi", "ShortGPT: drop the lowest Block Influence",
+           estimator_kind="similarity", stat="bi", label="ShortGPT (BI)")
 def _shortgpt(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
     return select_lowest(block_scores, n_prune)
 
 
-@_register("sequential", "none", None, None, "baseline: blocks 1..k")
+@_register("sequential", "none", None, None, "baseline: blocks 1..k",
+           label="sequential")
 def _sequential(n_blocks: int, n_prune: int, **_: object) -> Selection:
     return sequential(n_blocks, n_prune)
 
 
-@_register("reverse", "none", None, None, "baseline: blocks L-1-k..L-2")
+@_register("reverse", "none", None, None, "baseline: blocks L-1-k..L-2",
+           label="reverse")
 def _reverse(n_blocks: int, n_prune: int, **_: object) -> Selection:
     return reverse_order(n_blocks, n_prune)
 
 
-@_register("relative_magnitude", "block", "lowest", "relative_magnitude", "baseline: lowest ‖f(x)‖/‖x+f(x)‖")
+@_register("relative_magnitude", "block", "lowest", "relative_magnitude", "baseline: lowest ‖f(x)‖/‖x+f(x)‖",
+           stat="relmag", label="relative magnitude")
 def _relative_magnitude(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
     return select_lowest(block_scores, n_prune)
 
 
 @_register(
-    "angular", "run", "lowest", "angular_distance", "Gromov et al.: contiguous run of lowest angular distance"
+    "angular", "run", "lowest", "angular_distance", "Gromov et al.: contiguous run of lowest angular distance",
+    estimator_kind="similarity", default_estimator="angular", label="angular distance",
 )
 def _angular(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> Selection:
     return angular_contiguous(n_blocks, n_prune, score_run)
 
 
 @_register(
-    "entrodrop", "block", "lowest", "delta_h", "EntroDrop: lowest ΔH after the entropy-decreasing stage"
+    "entrodrop", "block", "lowest", "delta_h", "EntroDrop: lowest ΔH after the entropy-decreasing stage",
+    estimator_kind="entropy", default_estimator="entropy.bucket", label="EntroDrop", family="entrodrop",
+    show_estimator=True,
 )
 def _entrodrop(
     n_blocks: int, n_prune: int, *, block_scores: list[float], s_start: int | None = None, **_: object
@@ -104,17 +129,20 @@ def _entrodrop(
     return entrodrop_select(block_scores, n_prune, s_start=s_start)
 
 
-@_register("mi_greedy", "block", "highest", "mi", "MI-PRUN greedy: highest single-block MI")
+@_register("mi_greedy", "block", "highest", "mi", "MI-PRUN greedy: highest single-block MI",
+           estimator_kind="mi", default_estimator="mi.ksg", label="MI-PRUN greedy", family="mi")
 def _mi_greedy(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
     return mi_greedy(block_scores, n_prune)
 
 
-@_register("mi_fbs", "run", "highest", "mi", "MI-PRUN Fast-Block-Select over contiguous runs")
+@_register("mi_fbs", "run", "highest", "mi", "MI-PRUN Fast-Block-Select over contiguous runs",
+           estimator_kind="mi", default_estimator="mi.ksg", label="MI-PRUN FBS", family="mi")
 def _mi_fbs(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> Selection:
     return fast_block_select(n_blocks, n_prune, score_run)
 
 
-@_register("mi_brute", "run", "highest", "mi", "MI-PRUN brute force: exact scores of every run ≤ N")
+@_register("mi_brute", "run", "highest", "mi", "MI-PRUN brute force: exact scores of every run ≤ N",
+           estimator_kind="mi", default_estimator="mi.ksg", label="MI-PRUN brute force", family="mi")
 def _mi_brute(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> Selection:
     return brute_force_select(n_blocks, n_prune, score_run)
 

@@ -10,6 +10,7 @@ import math
 import numbers
 from collections.abc import Iterable, Sequence
 
+from blockprune.errors import BadInputError
 from blockprune.selection.result import Selection
 from blockprune.selection.scorer import BatchRunScorer, CachedRunScorer, RunScoreFn
 
@@ -117,7 +118,7 @@ def _is_int(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
-class TooFewBlocksError(ValueError):
+class TooFewBlocksError(BadInputError):
     """The method leaves fewer droppable blocks than asked for (e.g. EntroDrop's S_start lies late): a
     property of the scores, so a sweep records it instead of failing."""
 

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from blockprune.errors import BadInputError
 from blockprune.tracking.tracker import GIT_TAG, git_commit
 
 KIND, KEY, STUDY, FINGERPRINT = "study.kind", "study.key", "study.name", "study.fingerprint"
@@ -176,7 +177,7 @@ def export(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
              "metrics": dict(sorted(r.metrics.items()))} for r in runs]
 
 
-class LedgerMismatchError(ValueError):
+class LedgerMismatchError(BadInputError):
     """The exported runs belong to another grid: importing them would mix numbers measured differently."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from blockprune.calibration.capture import CaptureSettings
+from blockprune.errors import BadInputError
 from blockprune.jobs.config import DEFAULT_ESTIMATOR, TrialSpec, check_keys
 from blockprune.selection.plan import CalibrationSettings
 from blockprune.study.record import method_id
@@ -29,7 +30,7 @@ SCOPES = ("all", "reference")
 LM_EVAL_DTYPES = ("float32", "bfloat16", "float16")
 
 
-class StudySpecError(ValueError):
+class StudySpecError(BadInputError):
     """The study spec is malformed or names something that does not exist."""
 
 

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from blockprune.env import apply_env_defaults
+from blockprune.errors import ResourceError
 
 apply_env_defaults()
 
 
-class TrackingUnavailableError(RuntimeError):
+class TrackingUnavailableError(ResourceError):
     """The tracking server cannot be reached."""
 
 

@@ -25,10 +25,10 @@ def crash_once(x: Any, y: Any = None, *, marker: str, **params: Any) -> float:
 
 def setup() -> None:
     """Register ``test.crash_once`` (idempotent; runs in the driver and in each worker)."""
-    from blockprune.estimators import ESTIMATORS
+    from blockprune.estimators import ESTIMATORS, register
 
     if "test.crash_once" not in ESTIMATORS:
-        ESTIMATORS.register("test.crash_once", crash_once)
+        register("test.crash_once", "mi")(crash_once)
 
 
 def teardown() -> None:

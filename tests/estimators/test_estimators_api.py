@@ -27,9 +27,11 @@ def test_names_and_get() -> None:
     assert set(estimators.names()) == set(PAIR + SINGLE)
     for name in estimators.names():
         assert callable(estimators.get(name))
-    assert estimators.get("mi.ksg") is estimators.mi.ksg
-    assert estimators.get("entropy.knn") is estimators.entropy.knn
-    assert estimators.get("bi") is estimators.bi
+    assert estimators.get("mi.ksg").fn is estimators.mi.ksg
+    assert estimators.get("entropy.knn").fn is estimators.entropy.knn
+    assert estimators.get("bi").fn is estimators.bi
+    assert estimators.names("mi") == ["mi.gaussian", "mi.ksg", "mi.sliced"]
+    assert {estimators.get(n).kind for n in estimators.names("entropy")} == {"entropy"}
 
 
 def test_unknown_name_lists_known() -> None:
