@@ -43,8 +43,8 @@ def demo_store(store: str | None) -> Any:
     """The store ``blockprune calibrate --model smollm2-135m`` makes (wikipedia, 32×256, 4096 rows, fp16)."""
     from blockprune.calibration.capture import CaptureSettings
     from blockprune.calibration.store import ActivationStore
-    from blockprune.jobs.config import JobConfig, TrialSpec
-    from blockprune.jobs.runner import capture_or_reuse, prepare, store_path
+    from blockprune.pipeline.config import JobConfig, TrialSpec
+    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path
     from blockprune.selection.plan import CalibrationSettings
 
     if store:

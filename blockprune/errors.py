@@ -18,3 +18,11 @@ class BadInputError(BlockpruneError, ValueError):
 
 class ResourceError(BlockpruneError, RuntimeError):
     """Something the job needs is missing or unusable: disk space, a package, a server, a file."""
+
+
+class MissingFileError(BadInputError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class MissingPackageError(ResourceError, ModuleNotFoundError):
+    """A PyPI package the requested feature needs is not installed; the message names it."""

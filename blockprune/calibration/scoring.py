@@ -18,12 +18,9 @@ from typing import Any
 import numpy as np
 
 from blockprune.calibration.store import ActivationStore
+from blockprune.selection.plan import run_key
 
 Run = tuple[int, ...]
-
-
-def run_key(run: Run) -> str:
-    return f"{run[0]}-{run[-1]}"
 
 
 def _check_run(run: Run, n_blocks: int) -> Run:
@@ -120,7 +117,8 @@ class StoreRunScorer:
         key = params_key(estimator, self.params, granularity, extra)
         meta = {"estimator": estimator, "params": self.params, "granularity": granularity}
         self.cache = ScoreCache(store, key, meta) if use_cache else None
-        self.computed = 0
+        self.computed = 0  # exact scores computed (not read from the cache)
+        self.batches = 0  # calls of ``compute``: round trips when a subclass fans out
 
     def compute(self, runs: Sequence[Run]) -> list[float]:
         """Compute scores (no cache); override to parallelise."""
@@ -140,6 +138,7 @@ class StoreRunScorer:
             values = self.compute(todo)
             new = {run_key(r): v for r, v in zip(todo, values, strict=True)}
             self.computed += len(new)
+            self.batches += 1
             if self.cache:
                 self.cache.put_many(new)
             out.update(new)
@@ -166,24 +165,49 @@ def boundary_names(store: ActivationStore, granularity: str) -> list[tuple[str, 
     raise ValueError(f"unknown granularity {granularity!r}")
 
 
+class EntropyScorer:
+    """Entropies of store boundaries with one estimator, cached on disk like run scores.
+
+    ``compute`` is the one method a subclass overrides to compute the uncached boundaries elsewhere
+    (Ray tasks); the cache key is the same, so either path reads what the other wrote."""
+
+    def __init__(self, store: ActivationStore, estimator: str, params: dict[str, Any] | None = None,
+                 rows: np.ndarray | None = None, use_cache: bool = True) -> None:
+        self.store = store
+        self.estimator = estimator
+        self.params = dict(params or {})
+        self.rows = rows
+        extra = "entropy" + ("" if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest()[:12])
+        self.cache = ScoreCache(store, params_key(estimator, self.params, "boundary", extra),
+                                {"estimator": estimator, "params": self.params, "kind": "entropy"}) if use_cache else None
+        self.computed = 0
+        self.batches = 0
+
+    def compute(self, names: Sequence[str]) -> list[float]:
+        return [entropy_one(self.store, self.estimator, self.params, n, self.rows) for n in names]
+
+    def entropies(self, names: Iterable[str]) -> dict[str, float]:
+        names = list(dict.fromkeys(names))
+        h = {n: v for n in names if (v := self.cache.get(n) if self.cache else None) is not None}
+        todo = [n for n in names if n not in h]
+        if todo:
+            new = dict(zip(todo, (float(v) for v in self.compute(todo)), strict=True))
+            self.computed += len(new)
+            self.batches += 1
+            if self.cache:
+                self.cache.put_many(new)
+            h.update(new)
+        return h
+
+    def increase(self, granularity: str = "layer") -> tuple[list[float], dict[str, float]]:
+        """(ΔH per block, H per boundary) at a granularity."""
+        pairs = boundary_names(self.store, granularity)
+        h = self.entropies(sorted({n for p in pairs for n in p}))
+        return [h[o] - h[i] for i, o in pairs], dict(sorted(h.items()))
+
+
 def entropy_increase(store: ActivationStore, estimator: str, params: dict[str, Any] | None = None,
                      granularity: str = "layer", rows: np.ndarray | None = None,
                      use_cache: bool = True) -> tuple[list[float], dict[str, float]]:
     """(ΔH per block, H per boundary): EntroDrop's score, entropies cached like run scores."""
-    params = dict(params or {})
-    pairs = boundary_names(store, granularity)
-    names = sorted({n for p in pairs for n in p})
-    extra = "entropy" + ("" if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest()[:12])
-    cache = ScoreCache(store, params_key(estimator, params, "boundary", extra),
-                       {"estimator": estimator, "params": params, "kind": "entropy"}) if use_cache else None
-    h: dict[str, float] = {}
-    new: dict[str, float] = {}
-    for n in names:
-        v = cache.get(n) if cache else None
-        if v is None:
-            v = entropy_one(store, estimator, params, n, rows)
-            new[n] = v
-        h[n] = v
-    if cache:
-        cache.put_many(new)
-    return [h[o] - h[i] for i, o in pairs], h
+    return EntropyScorer(store, estimator, params, rows, use_cache).increase(granularity)

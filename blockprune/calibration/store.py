@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from blockprune.errors import ResourceError
+from blockprune.errors import MissingFileError, ResourceError
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ class ActivationStore:
         path = Path(path)
         mf = path / MANIFEST
         if not mf.exists():
-            raise FileNotFoundError(f"{path} is not an activation store (no {MANIFEST})")
+            raise MissingFileError(f"{path} is not an activation store (no {MANIFEST})")
         manifest = json.loads(mf.read_text())
         if manifest.get("format_version") != STORE_FORMAT_VERSION:
             raise StoreCorruptError(f"{path}: unsupported store format {manifest.get('format_version')}")

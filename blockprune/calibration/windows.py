@@ -78,7 +78,7 @@ def calibration_windows(
 ) -> TokenWindows:
     """``n_samples`` seeded, non-overlapping windows of ``seq_len`` tokens from the calibration split."""
     if n_samples < 1 or seq_len < 2:
-        raise ValueError(f"need n_samples >= 1 and seq_len >= 2, got {n_samples} × {seq_len}")
+        raise BadInputError(f"need n_samples >= 1 and seq_len >= 2, got {n_samples} × {seq_len}")
     calib, _ = split_documents(corpus)
     stream = token_stream(tokenizer, calib)
     bos = _bos(tokenizer)

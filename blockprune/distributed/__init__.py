@@ -1,4 +1,4 @@
-"""Ray layer: model actors (one model on k GPUs), scoring fan-out, many-model sweeps.
+"""Ray layer: the Ray backend of the job loop (model actors on k GPUs, scoring fan-out) and sweeps.
 
 Modules, from the bottom up:
 
@@ -9,7 +9,11 @@ Modules, from the bottom up:
 - :mod:`~blockprune.distributed.capture`: data-parallel capture into one ActivationStore;
 - :mod:`~blockprune.distributed.scoring`: boundaries in the object store once, one task per
   (estimator, run), bounded in flight, retried, cached exactly like the single-process scorer;
-- :mod:`~blockprune.distributed.pipeline`: one job (model × calibration × trials) end to end.
+- :mod:`~blockprune.distributed.backend`: :class:`RayBackend`, the pipeline's job loop run on actors and
+  tasks (one job: model × calibration × trials);
+- :mod:`~blockprune.distributed.sweep`: scheduling every job of a sweep spec concurrently.
+
+The job loop itself, the configuration schema and the sweep spec live below, in :mod:`blockprune.pipeline`.
 
 Nothing here is a module-level singleton: every handle (actors, placement groups, object refs)
 lives in an object the caller owns, so code runs the same in a driver and inside Ray workers.

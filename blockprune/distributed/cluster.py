@@ -73,15 +73,15 @@ def parse_address(address: str) -> tuple[str, int] | None:
     if a in ("auto", "local", ""):
         return None
     if a.startswith(("http://", "https://")):
-        raise ValueError(
+        raise BadInputError(
             f"{address!r} looks like a dashboard URL (used by `ray job submit --address`); "
             "--address here wants the GCS address host:6379 or a Ray client address ray://host:10001"
         )
     parsed = urlparse(a if "://" in a else f"gcs://{a}")
     if parsed.scheme not in ("gcs", "ray"):
-        raise ValueError(f"unsupported Ray address scheme in {address!r}; use host:port or ray://host:port")
+        raise BadInputError(f"unsupported Ray address scheme in {address!r}; use host:port or ray://host:port")
     if not parsed.hostname or parsed.port is None:
-        raise ValueError(f"Ray address {address!r} needs a host and a port, e.g. 127.0.0.1:6379")
+        raise BadInputError(f"Ray address {address!r} needs a host and a port, e.g. 127.0.0.1:6379")
     return parsed.hostname, parsed.port
 
 

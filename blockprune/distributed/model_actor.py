@@ -18,59 +18,19 @@ sweep queue on GPU resources without deadlocking each other.
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import logging
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from blockprune.distributed.cluster import ClusterInfo, InsufficientResourcesError, check_gpu_request
+from blockprune.pipeline.config import ActorPlacement
 
 log = logging.getLogger(__name__)
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-ENGINES = ("accelerate", "deepspeed")
-
-
-@dataclass(frozen=True)
-class ActorPlacement:
-    """Where and how a model actor runs.
-
-    ``num_gpus``: ``None`` = chosen from the model size (0 on a CPU-only cluster), or a fixed
-    count. ``replicas``: data-parallel capture actors (each with ``num_gpus``); the windows are
-    split between them. ``colocate``: put the (evaluation) actor and ``scorer_slots`` scoring
-    bundles in one ``STRICT_PACK`` placement group, so scorers read the store's boundaries from
-    the object store of the model's node.
-    """
-
-    num_gpus: int | None = None
-    num_cpus: float = 1.0
-    replicas: int = 1
-    gpu_memory_gb: float | None = None  # per GPU; None = ask a GPU once (probe task)
-    headroom: float = 0.15  # fraction of each GPU left free
-    overhead: float = 1.2  # weights × overhead = memory the model needs
-    max_restarts: int = 2
-    colocate: bool = False
-    scorer_slots: int = 1
-    engine: str = "accelerate"
-
-    def __post_init__(self) -> None:
-        if self.num_gpus is not None and self.num_gpus < 0:
-            raise ValueError(f"num_gpus must be >= 0 or auto, got {self.num_gpus}")
-        if self.replicas < 1:
-            raise ValueError(f"replicas must be >= 1, got {self.replicas}")
-        if not 0.0 <= self.headroom < 1.0:
-            raise ValueError(f"headroom must be in [0, 1), got {self.headroom}")
-        if self.overhead < 1.0:
-            raise ValueError(f"overhead must be >= 1, got {self.overhead}")
-        if self.num_cpus < 0 or self.max_restarts < 0 or self.scorer_slots < 0:
-            raise ValueError("num_cpus, max_restarts and scorer_slots must be >= 0")
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
 
 
 # ---------------------------------------------------------------------------------------- sizing
@@ -181,8 +141,8 @@ class ModelWorker:
         from blockprune.env import apply_env_defaults
 
         apply_env_defaults()
-        from blockprune.jobs.runner import prepare
         from blockprune.models.zoo import load_model
+        from blockprune.pipeline.prepare import prepare
 
         t0 = time.perf_counter()
         self.job = job
@@ -250,23 +210,12 @@ class ModelWorker:
 
     # ------------------------------------------------------------------ evaluation
 
-    def evaluate(self, plan: Any | None = None, save_dir: str | None = None) -> dict[str, Any]:
-        """Perplexity (and lm-eval tasks) of the dense model, or of a pruned copy when a plan is given."""
-        from blockprune.jobs.runner import evaluate_model
-        from blockprune.models.apply import apply_plan, save_pruned
+    def evaluate(self, plan: Any | None = None, save_dir: str | None = None) -> Any:
+        """The pipeline's :class:`~blockprune.pipeline.evaluate.Evaluation` of the dense model, or of a pruned
+        copy when a plan is given (the same function the local backend calls)."""
+        from blockprune.pipeline.evaluate import evaluate_plan
 
-        model = self.model
-        saved = None
-        if plan is not None:
-            model = copy.deepcopy(self.model)
-            apply_plan(model, plan)
-        metrics, tasks = evaluate_model(model, self.p, progress=self.progress)
-        if plan is not None and save_dir:
-            dest = Path(save_dir) / f"{self.p.resolved.name}-{plan.method}-{plan.granularity}-{len(plan.blocks)}"
-            save_pruned(model, plan, dest, self.p.tokenizer)
-            saved = str(dest)
-        del model
-        return {"metrics": metrics, "tasks": json.loads(json.dumps(tasks, default=str)), "saved_to": saved}
+        return evaluate_plan(self.model, self.p, plan, save_dir, progress=self.progress)
 
 
 # ------------------------------------------------------------------------------- actor groups

@@ -13,7 +13,8 @@ overrides only ``compute``: the on-disk cache keyed by (store checksum, estimato
 is the same file either path reads and writes, so a rerun recomputes nothing.
 
 Selection stays central: Fast-Block-Select and brute force call ``score_runs`` once per iteration
-with all their new candidates; that is one fan-out and one round trip here.
+with all their new candidates; that is one fan-out and one round trip here. EntroDrop's boundary
+entropies go out the same way (:class:`RayEntropyScorer`), into the cache the local path reads.
 """
 
 from __future__ import annotations
@@ -28,42 +29,17 @@ from typing import Any
 import numpy as np
 
 from blockprune.calibration.scoring import (
+    EntropyScorer,
     Run,
-    ScoreCache,
     StoreRunScorer,
     boundary_names,
-    entropy_increase,
     entropy_one,
-    params_key,
     score_one,
 )
 from blockprune.calibration.store import ActivationStore
+from blockprune.pipeline.config import ScoringOptions
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ScoringOptions:
-    """Resources and limits of scoring tasks.
-
-    ``max_in_flight``: tasks submitted but not finished (``None`` = twice the CPU slots the
-    cluster has for tasks of ``num_cpus``); bounds object-store pressure and driver memory.
-    ``max_retries``: re-runs of a task whose worker died (``retry_exceptions`` also re-runs
-    tasks that raised; off by default since an estimator error is deterministic).
-    """
-
-    num_cpus: float = 1.0
-    max_in_flight: int | None = None
-    max_retries: int = 3
-    retry_exceptions: bool = False
-
-    def __post_init__(self) -> None:
-        if self.num_cpus <= 0:
-            raise ValueError(f"scoring num_cpus must be > 0, got {self.num_cpus}")
-        if self.max_in_flight is not None and self.max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
-        if self.max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {self.max_retries}")
 
 
 class BoundaryView(ActivationStore):
@@ -199,7 +175,6 @@ class RayRunScorer(StoreRunScorer):
         self._remote = ray.remote(_score_task).options(
             num_cpus=self.options.num_cpus, max_retries=self.options.max_retries,
             retry_exceptions=self.options.retry_exceptions, scheduling_strategy=strategy)
-        self.round_trips = 0
         self.tasks = 0
         self.seconds = 0.0
 
@@ -217,24 +192,52 @@ class RayRunScorer(StoreRunScorer):
 
         out = fan_out(submit, list(runs), self.max_in_flight,
                       label=lambda r: f"run {r[0]}..{r[-1]} with {self.estimator} {self.params}")
-        self.round_trips += 1
         self.tasks += len(runs)
         self.seconds += time.perf_counter() - t0
         return [float(v) for v in out]
+
+    @property
+    def round_trips(self) -> int:
+        """One fan-out per uncached batch: ``StoreRunScorer.batches`` under its Ray name."""
+        return self.batches
+
+
+class RayEntropyScorer(EntropyScorer):
+    """``EntropyScorer`` whose uncached boundaries are computed by Ray tasks (same cache file)."""
+
+    def __init__(self, store: ActivationStore, estimator: str, params: dict[str, Any] | None,
+                 boundaries: BoundaryRefs, options: ScoringOptions, strategy: Any | None = None) -> None:
+        super().__init__(store, estimator, params)
+        self.boundaries = boundaries
+        self.options = options
+        self.strategy = strategy
+
+    def compute(self, names: Sequence[str]) -> list[float]:
+        import ray
+
+        refs = self.boundaries.refs(names)
+        remote = ray.remote(_entropy_task).options(
+            num_cpus=self.options.num_cpus, max_retries=self.options.max_retries,
+            retry_exceptions=self.options.retry_exceptions, scheduling_strategy=self.strategy)
+        max_in_flight = self.options.max_in_flight or default_max_in_flight(self.options.num_cpus)
+        store, est, params = self.store, self.estimator, self.params
+        values = fan_out(lambda n: remote.remote(est, params, n, None, store.n_layers, store.has_mid, refs[n]),
+                         list(names), max_in_flight, label=lambda n: f"entropy of {n} with {est} {params}")
+        return [float(v) for v in values]
 
 
 @dataclass
 class RayScoring:
     """The scoring side of one job: boundary refs per store, task options, counters.
 
-    ``run_scorer`` has the runner's ``RunScorerFactory`` signature, so
-    ``runner.score_and_select(store, trial, run_scorer=scoring.run_scorer)`` fans out unchanged.
+    It is the Ray backend's :class:`~blockprune.pipeline.scoring.Scorers`:
+    ``score_and_select(store, trial, scoring)`` fans every exact score out unchanged.
     """
 
     options: ScoringOptions = field(default_factory=ScoringOptions)
     strategy: Any | None = None
     scorers: list[RayRunScorer] = field(default_factory=list)
-    entropy_tasks: int = 0
+    entropy_scorers: list[RayEntropyScorer] = field(default_factory=list)
     _boundaries: dict[str, BoundaryRefs] = field(default_factory=dict)
 
     def boundaries(self, store: ActivationStore) -> BoundaryRefs:
@@ -250,50 +253,24 @@ class RayScoring:
         self.scorers.append(scorer)
         return scorer
 
-    def warm_entropies(self, store: ActivationStore, estimator: str, params: dict[str, Any] | None,
-                       granularity: str) -> int:
-        """Compute the uncached boundary entropies of EntroDrop as tasks, into the cache
-        ``entropy_increase`` reads (same key), so the single-process call that follows only reads."""
-        import ray
-
-        params = dict(params or {})
-        names = sorted({n for pair in boundary_names(store, granularity) for n in pair})
-        cache = ScoreCache(store, params_key(estimator, params, "boundary", "entropy"),
-                           {"estimator": estimator, "params": params, "kind": "entropy"})
-        todo = [n for n in names if n not in cache.values]
-        if not todo:
-            return 0
-        refs = self.boundaries(store).refs(todo)
-        remote = ray.remote(_entropy_task).options(
-            num_cpus=self.options.num_cpus, max_retries=self.options.max_retries,
-            retry_exceptions=self.options.retry_exceptions, scheduling_strategy=self.strategy)
-        max_in_flight = self.options.max_in_flight or default_max_in_flight(self.options.num_cpus)
-        values = fan_out(lambda n: remote.remote(estimator, params, n, None, store.n_layers, store.has_mid, refs[n]),
-                         todo, max_in_flight, label=lambda n: f"entropy of {n} with {estimator} {params}")
-        cache.put_many({n: float(v) for n, v in zip(todo, values, strict=True)})
-        self.entropy_tasks += len(todo)
-        return len(todo)
-
     def entropy_increase(self, store: ActivationStore, estimator: str, params: dict[str, Any] | None = None,
                          granularity: str = "layer") -> tuple[list[float], dict[str, float]]:
-        self.warm_entropies(store, estimator, params, granularity)
-        return entropy_increase(store, estimator, params, granularity)
+        """EntroDrop's ΔH with every uncached boundary entropy computed by a Ray task."""
+        scorer = RayEntropyScorer(store, estimator, params, self.boundaries(store), self.options, self.strategy)
+        self.entropy_scorers.append(scorer)
+        return scorer.increase(granularity)
 
-    def score_and_select(self, store: ActivationStore, trial: Any) -> tuple[Any, Any, Any, Any]:
-        """``runner.score_and_select`` with every exact score computed by Ray tasks."""
-        from blockprune.jobs.runner import score_and_select
-
-        if trial.method == "entrodrop" and trial.estimator:
-            self.warm_entropies(store, trial.estimator, trial.estimator_params, trial.granularity)
-        return score_and_select(store, trial, run_scorer=self.run_scorer)
+    def counters(self) -> tuple[int, int]:
+        """(exact scores computed by tasks, fan-outs): the job's ``scores_computed`` / ``scoring_batches``."""
+        return self.tasks, self.round_trips
 
     @property
     def tasks(self) -> int:
-        return self.entropy_tasks + sum(s.tasks for s in self.scorers)
+        return sum(s.computed for s in self.entropy_scorers) + sum(s.tasks for s in self.scorers)
 
     @property
     def round_trips(self) -> int:
-        return sum(s.round_trips for s in self.scorers)
+        return sum(s.batches for s in self.entropy_scorers) + sum(s.round_trips for s in self.scorers)
 
 
 def inspect_transport(refs: BoundaryRefs, name: str, strategy: Any | None = None) -> dict[str, Any]:

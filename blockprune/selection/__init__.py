@@ -19,7 +19,7 @@ from blockprune.selection.fbs import (
     fast_block_select,
     top_k,
 )
-from blockprune.selection.methods import METHODS, MethodSpec, select
+from blockprune.selection.methods import METHODS, MethodSpec, register_method, select
 from blockprune.selection.plan import CalibrationSettings, PrunePlan, parse_run_key, run_key
 from blockprune.selection.result import Selection
 from blockprune.selection.scorer import BatchRunScorer, CachedRunScorer, check_run
@@ -55,6 +55,7 @@ __all__ = [
     "mi_greedy",
     "n_prune_from_ratio",
     "parse_run_key",
+    "register_method",
     "reverse_order",
     "run_key",
     "select",

@@ -12,7 +12,7 @@ saying which input it reads, so a driver knows what to compute before calling it
 
 The spec is the single source of truth about a method: which kind of estimator it takes and its
 default, which streaming statistic serves it when no estimator is named, and how reports label and
-group it. Adding a method is one ``_register`` call here; drivers, validation, sweeps and the study
+group it. Adding a method is one :func:`register_method` call; drivers, validation, sweeps and the study
 read these facts instead of keeping their own tables.
 """
 
@@ -76,9 +76,14 @@ class MethodSpec:
 METHODS: Registry[MethodSpec] = Registry("selection method")
 
 
-def _register(
+def register_method(
     name: str, needs: Needs, prunes: Prunes | None, score: str | None, description: str, **facts: object
 ) -> Callable[[Callable[..., Selection]], Callable[..., Selection]]:
+    """Decorator: register a selection function under ``name`` with its :class:`MethodSpec` facts.
+
+    This one entry is all a new method needs: the CLI, sweep validation, scoring and the study's labels
+    read the spec (``METHODS.unregister(name)`` removes it again)."""
+
     def deco(fn: Callable[..., Selection]) -> Callable[..., Selection]:
         METHODS.register(name, MethodSpec(name, needs, prunes, score, fn, description, **facts))  # type: ignore[arg-type]
         return fn
@@ -86,31 +91,31 @@ def _register(
     return deco
 
 
-@_register("shortgpt", "block", "lowest", "bi", "ShortGPT: drop the lowest Block Influence",
+@register_method("shortgpt", "block", "lowest", "bi", "ShortGPT: drop the lowest Block Influence",
            estimator_kind="similarity", stat="bi", label="ShortGPT (BI)")
 def _shortgpt(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
     return select_lowest(block_scores, n_prune)
 
 
-@_register("sequential", "none", None, None, "baseline: blocks 1..k",
+@register_method("sequential", "none", None, None, "baseline: blocks 1..k",
            label="sequential")
 def _sequential(n_blocks: int, n_prune: int, **_: object) -> Selection:
     return sequential(n_blocks, n_prune)
 
 
-@_register("reverse", "none", None, None, "baseline: blocks L-1-k..L-2",
+@register_method("reverse", "none", None, None, "baseline: blocks L-1-k..L-2",
            label="reverse")
 def _reverse(n_blocks: int, n_prune: int, **_: object) -> Selection:
     return reverse_order(n_blocks, n_prune)
 
 
-@_register("relative_magnitude", "block", "lowest", "relative_magnitude", "baseline: lowest ‖f(x)‖/‖x+f(x)‖",
+@register_method("relative_magnitude", "block", "lowest", "relative_magnitude", "baseline: lowest ‖f(x)‖/‖x+f(x)‖",
            stat="relmag", label="relative magnitude")
 def _relative_magnitude(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
     return select_lowest(block_scores, n_prune)
 
 
-@_register(
+@register_method(
     "angular", "run", "lowest", "angular_distance", "Gromov et al.: contiguous run of lowest angular distance",
     estimator_kind="similarity", default_estimator="angular", label="angular distance",
 )
@@ -118,7 +123,7 @@ def _angular(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> 
     return angular_contiguous(n_blocks, n_prune, score_run)
 
 
-@_register(
+@register_method(
     "entrodrop", "block", "lowest", "delta_h", "EntroDrop: lowest ΔH after the entropy-decreasing stage",
     estimator_kind="entropy", default_estimator="entropy.bucket", label="EntroDrop", family="entrodrop",
     show_estimator=True,
@@ -129,19 +134,19 @@ def _entrodrop(
     return entrodrop_select(block_scores, n_prune, s_start=s_start)
 
 
-@_register("mi_greedy", "block", "highest", "mi", "MI-PRUN greedy: highest single-block MI",
+@register_method("mi_greedy", "block", "highest", "mi", "MI-PRUN greedy: highest single-block MI",
            estimator_kind="mi", default_estimator="mi.ksg", label="MI-PRUN greedy", family="mi")
 def _mi_greedy(n_blocks: int, n_prune: int, *, block_scores: list[float], **_: object) -> Selection:
     return mi_greedy(block_scores, n_prune)
 
 
-@_register("mi_fbs", "run", "highest", "mi", "MI-PRUN Fast-Block-Select over contiguous runs",
+@register_method("mi_fbs", "run", "highest", "mi", "MI-PRUN Fast-Block-Select over contiguous runs",
            estimator_kind="mi", default_estimator="mi.ksg", label="MI-PRUN FBS", family="mi")
 def _mi_fbs(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> Selection:
     return fast_block_select(n_blocks, n_prune, score_run)
 
 
-@_register("mi_brute", "run", "highest", "mi", "MI-PRUN brute force: exact scores of every run ≤ N",
+@register_method("mi_brute", "run", "highest", "mi", "MI-PRUN brute force: exact scores of every run ≤ N",
            estimator_kind="mi", default_estimator="mi.ksg", label="MI-PRUN brute force", family="mi")
 def _mi_brute(n_blocks: int, n_prune: int, *, score_run: Scorer, **_: object) -> Selection:
     return brute_force_select(n_blocks, n_prune, score_run)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from blockprune.errors import BadInputError
+
 Granularity = Literal["layer", "attention", "mlp"]
 GRANULARITIES: tuple[str, ...] = ("layer", "attention", "mlp")
 PLAN_FORMAT_VERSION = 1
@@ -28,7 +30,7 @@ class CalibrationSettings:
 
     def __post_init__(self) -> None:
         if self.n_samples < 1 or self.seq_len < 2:
-            raise ValueError(f"need n_samples >= 1 and seq_len >= 2, got {self.n_samples} × {self.seq_len}")
+            raise BadInputError(f"need n_samples >= 1 and seq_len >= 2, got {self.n_samples} × {self.seq_len}")
 
 
 @dataclass(frozen=True)
@@ -56,15 +58,15 @@ class PrunePlan:
 
     def __post_init__(self) -> None:
         if self.granularity not in GRANULARITIES:
-            raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+            raise BadInputError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         blocks = tuple(int(b) for b in self.blocks)
         if len(set(blocks)) != len(blocks):
-            raise ValueError(f"duplicate blocks in plan: {blocks}")
+            raise BadInputError(f"duplicate blocks in plan: {blocks}")
         bad = [b for b in blocks if not 0 <= b < self.n_blocks]
         if bad:
-            raise ValueError(f"block indices {bad} out of range for a model with {self.n_blocks} blocks")
+            raise BadInputError(f"block indices {bad} out of range for a model with {self.n_blocks} blocks")
         if self.granularity == "layer" and len(blocks) >= self.n_blocks:
-            raise ValueError(f"cannot remove all {self.n_blocks} layers")
+            raise BadInputError(f"cannot remove all {self.n_blocks} layers")
         object.__setattr__(self, "blocks", tuple(sorted(blocks)))
 
     @property
@@ -90,7 +92,7 @@ class PrunePlan:
         d = dict(d)
         version = d.pop("format_version", PLAN_FORMAT_VERSION)
         if version != PLAN_FORMAT_VERSION:
-            raise ValueError(f"unsupported plan format_version {version}")
+            raise BadInputError(f"unsupported plan format_version {version}")
         cal = d.get("calibration")
         if cal is not None:
             d["calibration"] = CalibrationSettings(**cal)

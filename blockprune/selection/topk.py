@@ -22,11 +22,11 @@ def n_prune_from_ratio(ratio: float, n_blocks: int) -> int:
     """
     check_n_blocks(n_blocks)
     if not (isinstance(ratio, int | float) and 0.0 < float(ratio) < 1.0):
-        raise ValueError(f"pruning ratio must be in (0, 1), got {ratio!r}")
+        raise BadInputError(f"pruning ratio must be in (0, 1), got {ratio!r}")
     x = float(ratio) * n_blocks
     k = max(1, math.ceil(x - 1e-9 * max(1.0, x)))
     if k >= n_blocks:
-        raise ValueError(
+        raise BadInputError(
             f"ratio {ratio} of {n_blocks} blocks gives {k} blocks to drop; at least one must stay"
         )
     return k
@@ -86,7 +86,7 @@ def _top(scores: Sequence[float], n_prune: int, protect: Iterable[int], *, highe
     protected = set()
     for p in protect:
         if not 0 <= int(p) < n:
-            raise ValueError(f"protected block {p} out of range for {n} blocks")
+            raise BadInputError(f"protected block {p} out of range for {n} blocks")
         protected.add(int(p))
     candidates = [i for i in range(n) if i not in protected]
     check_n_prune(n_prune, len(candidates), "droppable blocks" if protected else "blocks")
@@ -103,14 +103,14 @@ def check_block_scores(scores: Sequence[float], n_blocks: int | None = None) -> 
     try:
         values = [float(s) for s in scores]
     except (TypeError, ValueError) as e:
-        raise ValueError(f"block scores must be a sequence of numbers: {e}") from None
+        raise BadInputError(f"block scores must be a sequence of numbers: {e}") from None
     if not values:
-        raise ValueError("no block scores given")
+        raise BadInputError("no block scores given")
     if n_blocks is not None and len(values) != n_blocks:
-        raise ValueError(f"expected {n_blocks} block scores (one per block), got {len(values)}")
+        raise BadInputError(f"expected {n_blocks} block scores (one per block), got {len(values)}")
     bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
     if bad:
-        raise ValueError(f"block scores must be finite; blocks {bad} have {[values[i] for i in bad]}")
+        raise BadInputError(f"block scores must be finite; blocks {bad} have {[values[i] for i in bad]}")
     return values
 
 
@@ -125,11 +125,11 @@ class TooFewBlocksError(BadInputError):
 
 def check_n_blocks(n_blocks: int) -> None:
     if not _is_int(n_blocks) or n_blocks < 2:
-        raise ValueError(f"n_blocks must be an int >= 2, got {n_blocks!r}")
+        raise BadInputError(f"n_blocks must be an int >= 2, got {n_blocks!r}")
 
 
 def check_n_prune(n_prune: int, available: int, what: str) -> None:
     if not _is_int(n_prune) or n_prune < 1:
-        raise ValueError(f"n_prune must be an int >= 1, got {n_prune!r}")
+        raise BadInputError(f"n_prune must be an int >= 1, got {n_prune!r}")
     if n_prune > available:
         raise TooFewBlocksError(f"cannot drop {n_prune} blocks: only {available} {what}")

@@ -66,7 +66,7 @@ class Progress:
 
 
 def _job(spec: StudySpec, model: ModelGrid, cal: Any, trials: list[Any]) -> Any:
-    from blockprune.jobs.config import EvalSettings, JobConfig
+    from blockprune.pipeline.config import EvalSettings, JobConfig
 
     return JobConfig(model=model.name, calibration=cal, trials=tuple(trials), capture=spec.capture_for(model),
                      evaluation=EvalSettings(windows=1), dtype=spec.dtype, store_root=spec.store_root)
@@ -75,8 +75,9 @@ def _job(spec: StudySpec, model: ModelGrid, cal: Any, trials: list[Any]) -> Any:
 def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadline, echo: Echo,
                models: dict[str, Any], reference: bool) -> None:
     """Capture (or reuse) the reference calibration's store (or the others') and make every selection."""
-    from blockprune.jobs.runner import capture_or_reuse, make_plan, prepare, score_and_select, store_path
     from blockprune.models.zoo import load_model
+    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path
+    from blockprune.pipeline.scoring import score_and_select
     from blockprune.selection.topk import TooFewBlocksError
 
     done = slog.by_key("selection")
@@ -115,7 +116,7 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
                 name = f"{m.name} {t.name} @{cal.corpus}/s{cal.seed}"
                 t0 = time.perf_counter()
                 try:
-                    sel, scores, run_scores, info = score_and_select(store, t)
+                    scored = score_and_select(store, t)
                 except TooFewBlocksError as e:  # recorded: the report lists what a method could not select
                     rid = slog.start("selection", tkey, name, tags | {"infeasible": str(e)}, parent=parent)
                     slog.log(rid, {"scoring_seconds": time.perf_counter() - t0})
@@ -123,11 +124,12 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
                     echo(f"[study] {tkey}: not selectable: {e}")
                     continue
                 seconds = time.perf_counter() - t0
-                plan = make_plan(p, store, t, sel, scores, run_scores, info)
+                plan = scored.to_plan(t, store, model_id=p.resolved.name, revision=p.resolved.revision,
+                                      n_blocks=p.n_layers, calibration=p.job.calibration)
                 rid = slog.start("selection", tkey, name, tags | {
                     "blocks": blocks_text(plan.blocks), "plan_key": plan_key(m.name, t.granularity, plan.blocks)},
                     parent=parent)
-                slog.log(rid, {"scoring_seconds": seconds, "exact_scores": float(sel.evaluations),
+                slog.log(rid, {"scoring_seconds": seconds, "exact_scores": float(scored.selection.evaluations),
                                "n_blocks": float(plan.n_blocks)}, artifact=("plan.json", plan.to_dict()))
                 slog.finish(rid)
                 state.selections += 1

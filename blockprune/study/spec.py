@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
-from blockprune.calibration.capture import CaptureSettings
+from blockprune.calibration.settings import CaptureSettings
 from blockprune.errors import BadInputError
-from blockprune.jobs.config import DEFAULT_ESTIMATOR, TrialSpec, check_keys
+from blockprune.pipeline.config import TrialSpec, check_keys
+from blockprune.selection.methods import METHODS
 from blockprune.selection.plan import CalibrationSettings
 from blockprune.study.record import method_id
 
@@ -34,6 +35,11 @@ class StudySpecError(BadInputError):
     """The study spec is malformed or names something that does not exist."""
 
 
+def _default_estimator(method: str) -> str | None:
+    """The method's own default; an unknown method is reported by :func:`validate` with the known names."""
+    return METHODS.get(method).default_estimator if method in METHODS else None
+
+
 @dataclass(frozen=True)
 class MethodRef:
     """``method``, ``method/estimator``, or ``{method: …, estimator: …, params: {…}}`` as written in the spec."""
@@ -48,9 +54,9 @@ class MethodRef:
             item = _keys(item, {"method", "estimator", "params"}, f"method {item}")
             params = _keys(item.get("params") or {}, set(item.get("params") or {}), "params")
             method = str(item.get("method", ""))
-            return cls(method, item.get("estimator") or DEFAULT_ESTIMATOR.get(method), tuple(sorted(params.items())))
+            return cls(method, item.get("estimator") or _default_estimator(method), tuple(sorted(params.items())))
         method, _, est = str(item).partition("/")
-        return cls(method, est or DEFAULT_ESTIMATOR.get(method))
+        return cls(method, est or _default_estimator(method))
 
     @property
     def label(self) -> str:
@@ -227,9 +233,9 @@ def validate(spec: StudySpec) -> dict[str, int]:
     from transformers import AutoConfig
 
     from blockprune.calibration.corpora import load_corpus
-    from blockprune.jobs.runner import validate_trial
     from blockprune.models.adapters import adapter_for_config
     from blockprune.models.zoo import resolve_model
+    from blockprune.pipeline.prepare import validate_trial
 
     for c in dict.fromkeys(spec.corpora + spec.evaluation.corpora):
         load_corpus(c)

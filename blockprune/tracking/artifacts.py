@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
-from blockprune.selection.plan import PrunePlan, parse_run_key
+from blockprune.selection.plan import PrunePlan, parse_run_key, run_key
 from blockprune.tracking.figures import entropy_series
 from blockprune.tracking.figures import plan_label as _label
 from blockprune.tracking.tracker import Tracker, flatten
@@ -315,7 +315,7 @@ def _log_tables(tracker: Tracker, plan: PrunePlan) -> None:
     if plan.run_scores:
         from blockprune.selection.fbs import contiguous_groups
 
-        chosen = {f"{g[0]}-{g[-1]}" for g in contiguous_groups(plan.blocks)}
+        chosen = {run_key(g) for g in contiguous_groups(plan.blocks)}
         keys = sorted(plan.run_scores, key=parse_run_key)
         tracker.log_table({
             "run": keys,

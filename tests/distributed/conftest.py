@@ -28,15 +28,17 @@ def dist_store_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def reference(smollm2: Any, tmp_path_factory: pytest.TempPathFactory) -> Reference:
     """Capture and select in this process, exactly as ``blockprune calibrate`` does."""
-    from blockprune.jobs.runner import capture_or_reuse, make_plan, prepare, score_and_select
+    from blockprune.pipeline.prepare import capture_or_reuse, prepare
+    from blockprune.pipeline.scoring import score_and_select
 
     job = tiny_job(tmp_path_factory.mktemp("single-process-stores"))
     p = prepare(job)
     store, _ = capture_or_reuse(p, smollm2.model, progress=False)
     plans = {}
     for t in job.trials:
-        sel, scores, run_scores, info = score_and_select(store, t)
-        plans[t.name] = make_plan(p, store, t, sel, scores, run_scores, info)
+        plans[t.name] = score_and_select(store, t).to_plan(t, store, model_id=p.resolved.name,
+                                                           revision=p.resolved.revision, n_blocks=p.n_layers,
+                                                           calibration=p.job.calibration)
     return Reference(job, store, plans)
 
 

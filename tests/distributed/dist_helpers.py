@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from blockprune.calibration.capture import CaptureSettings
-from blockprune.jobs.config import EvalSettings, JobConfig, TrialSpec
+from blockprune.pipeline.config import EvalSettings, JobConfig, TrialSpec
 from blockprune.selection.plan import CalibrationSettings
 
 MODEL = "smollm2-135m"

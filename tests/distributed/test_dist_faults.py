@@ -16,8 +16,8 @@ import pytest
 from dist_helpers import TRIALS, require_private_netns, tiny_job, with_trials
 
 from blockprune.calibration.store import ActivationStore
+from blockprune.distributed.backend import DistributedSettings, run_distributed_job
 from blockprune.distributed.model_actor import ActorPlacement
-from blockprune.distributed.pipeline import DistributedSettings, run_distributed_job
 from blockprune.distributed.scoring import RayScoring, ScoringOptions
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def test_killed_model_actor_is_restarted_and_the_plan_is_unchanged(ray_faulty, r
     """SIGKILL one of two capture replicas mid-capture: Ray restarts it, the part is redone, and
     store and plans equal the single-process ones. A partial store left by an earlier crash is
     cleared first."""
-    from blockprune.jobs.runner import prepare, store_path
+    from blockprune.pipeline.prepare import prepare, store_path
 
     root = tmp_path / "stores"
     job = with_trials(tiny_job(root), TRIALS[0], TRIALS[2])

@@ -135,7 +135,7 @@ def test_sweep_runs_under_ray_job_submit(ray_head, tmp_path) -> None:
     assert len(parents) == 2 and len(children) == 4
     for r in parents + children:
         assert r.data.tags["ray.submission_id"] == submission
-        assert r.data.tags["ray.job_id"]
+        assert r.data.tags["engine.job_id"] and r.data.tags["blockprune.engine"] == "ray"
         assert r.data.tags["blockprune.sweep"] == "submit-test"
     assert {r.data.tags["store_reused"] for r in parents} == {"False"}
     assert len(list((tmp_path / "stores").glob("*/manifest.json"))) == 2

@@ -11,10 +11,10 @@ import pytest
 from dist_helpers import TRIALS, tiny_job, with_trials
 
 from blockprune.calibration.store import ActivationStore
+from blockprune.distributed.backend import DistributedSettings, run_distributed_job
 from blockprune.distributed.model_actor import ActorPlacement
-from blockprune.distributed.pipeline import DistributedSettings, run_distributed_job
 from blockprune.distributed.scoring import BoundaryRefs, RayScoring, ScoringOptions, inspect_transport
-from blockprune.jobs.config import TrialSpec
+from blockprune.pipeline.config import TrialSpec
 from blockprune.tracking.tracker import Tracker
 
 pytestmark = pytest.mark.integration
@@ -52,9 +52,10 @@ def test_data_parallel_ray_job_equals_single_process(ray_local, reference, dist_
         for key, values in ref.scores.items():
             np.testing.assert_allclose(r.plan.scores[key], values, rtol=1e-4, atol=1e-6, err_msg=key)
     fbs = next(r for r in out.results if r.trial.method == "mi_fbs")
-    # central selection: one fan-out (round trip) per batch FBS asked for, each of them with new runs
-    assert out.round_trips == fbs.plan.info["score_calls"] >= 2
-    assert fbs.metrics["ray_scoring_tasks"] == fbs.plan.info["evaluations"]
+    # central selection: one fan-out (round trip) per batch FBS asked for, each of them with new runs,
+    # plus one for EntroDrop's boundary entropies
+    assert out.round_trips == fbs.plan.info["score_calls"] + 1 and fbs.plan.info["score_calls"] >= 2
+    assert fbs.metrics["scores_computed"] == fbs.plan.info["evaluations"]
 
     import mlflow
 
@@ -63,7 +64,8 @@ def test_data_parallel_ray_job_equals_single_process(ray_local, reference, dist_
     parents = [r for r in runs if r.data.tags.get("blockprune.kind") == "job"]
     children = [r for r in runs if r.data.tags.get("blockprune.kind") == "trial"]
     assert len(parents) == 1 and len(children) == 3
-    assert parents[0].data.tags["ray.job_id"] and parents[0].data.tags["store_reused"] == "False"
+    assert parents[0].data.tags["engine.job_id"] and parents[0].data.tags["store_reused"] == "False"
+    assert parents[0].data.tags["blockprune.engine"] == "ray"
     assert all(c.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for c in children)
 
 
@@ -84,7 +86,7 @@ def test_crashed_job_resumes_from_cached_scores_with_colocated_scorers(ray_local
 
     Also runs the evaluation actor and its scorer bundle in one STRICT_PACK placement group.
     """
-    from blockprune.jobs.runner import score_and_select
+    from blockprune.pipeline.scoring import score_and_select
 
     job = with_trials(tiny_job(dist_store_root), TrialSpec("mi_fbs", 3, estimator="mi.ksg",
                                                            estimator_params={"k": 4}))
@@ -98,8 +100,8 @@ def test_crashed_job_resumes_from_cached_scores_with_colocated_scorers(ray_local
     out = run_distributed_job(job, None, colocated, echo=print)
     (r,) = out.results
     assert out.store_reused is True
-    assert r.metrics["ray_scoring_tasks"] == r.plan.info["evaluations"] - 10
-    sel, *_ = score_and_select(reference.store, job.trials[0])  # single process, its own cache
+    assert r.metrics["scores_computed"] == r.plan.info["evaluations"] - 10
+    sel = score_and_select(reference.store, job.trials[0])  # single process, its own cache
     assert r.plan.blocks == sel.blocks
 
 

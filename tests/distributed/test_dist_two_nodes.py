@@ -68,7 +68,7 @@ def test_replicas_on_two_nodes_capture_the_single_process_store(two_nodes, refer
     from blockprune.distributed.capture import capture_with_actors
     from blockprune.distributed.model_actor import ActorPlacement, ModelGroup
     from blockprune.distributed.scoring import BoundaryRefs, RayScoring, ScoringOptions, inspect_transport
-    from blockprune.jobs.runner import prepare, store_meta, store_path
+    from blockprune.pipeline.prepare import prepare, store_meta, store_path
 
     job = tiny_job(tmp_path / "stores")
     p = prepare(job)

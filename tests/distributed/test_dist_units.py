@@ -132,7 +132,7 @@ def test_placement_rejects_bad_values() -> None:
 
 
 def test_submission_id_comes_from_the_job_config(monkeypatch) -> None:
-    from blockprune.distributed.pipeline import submission_id
+    from blockprune.tracking.tracker import submission_id
 
     monkeypatch.delenv("RAY_JOB_SUBMISSION_ID", raising=False)
     monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
@@ -143,9 +143,10 @@ def test_submission_id_comes_from_the_job_config(monkeypatch) -> None:
 
 
 def test_actors_never_leave_scoring_without_a_cpu() -> None:
-    from blockprune.distributed.pipeline import check_scoring_capacity
+    from blockprune.distributed.backend import check_scoring_capacity
     from blockprune.distributed.scoring import ScoringOptions
-    from blockprune.jobs.sweep import concurrency_cap, parse_spec
+    from blockprune.distributed.sweep import concurrency_cap
+    from blockprune.pipeline.sweep_spec import parse_spec
 
     two_cpus = ClusterInfo("127.0.0.1:6379", False, (NodeInfo("n", "127.0.0.1", 2.0, 0.0, True),))
     check_scoring_capacity(ActorPlacement(num_cpus=1), ScoringOptions(num_cpus=1), two_cpus)

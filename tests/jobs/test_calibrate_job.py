@@ -7,8 +7,8 @@ import json
 import mlflow
 import pytest
 
-from blockprune.jobs import runner
 from blockprune.jobs.calibrate import main
+from blockprune.pipeline import backend
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +23,7 @@ def no_weights(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("model weights were loaded before the input was validated")
 
-    monkeypatch.setattr(runner, "load_model", forbidden)
+    monkeypatch.setattr(backend, "load_model", forbidden)
 
 
 @pytest.mark.parametrize(("args", "message"), [

@@ -10,7 +10,7 @@ import pytest
 
 from blockprune.calibration.capture import CaptureSettings
 from blockprune.calibration.store import store_lock
-from blockprune.jobs.config import CalibrationSettings, EvalSettings, JobConfig, TrialSpec
+from blockprune.pipeline.config import CalibrationSettings, EvalSettings, JobConfig, TrialSpec
 
 
 def _job(root: Path) -> JobConfig:
@@ -22,7 +22,7 @@ def _job(root: Path) -> JobConfig:
 
 @pytest.mark.integration
 def test_crashed_partial_is_removed_and_the_store_reused(smollm2: Any, tmp_path: Path) -> None:
-    from blockprune.jobs.runner import capture_or_reuse, prepare, store_path
+    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path
 
     p = prepare(_job(tmp_path))
     path = store_path(p)
@@ -41,7 +41,7 @@ def test_crashed_partial_is_removed_and_the_store_reused(smollm2: Any, tmp_path:
 def test_a_second_job_waits_for_the_first_capture_then_reuses_it(smollm2: Any, tmp_path: Path) -> None:
     """While another process holds the store lock, capture_or_reuse waits instead of capturing beside it."""
     from blockprune.calibration.capture import capture
-    from blockprune.jobs.runner import capture_or_reuse, prepare, store_meta, store_path
+    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_meta, store_path
 
     p = prepare(_job(tmp_path))
     path = store_path(p)

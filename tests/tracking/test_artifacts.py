@@ -16,7 +16,7 @@ from tracking_helpers import (
     read_artifact,
 )
 
-from blockprune.jobs.config import TrialSpec
+from blockprune.pipeline.config import TrialSpec
 from blockprune.tracking.tracker import Tracker
 
 pytestmark = pytest.mark.integration

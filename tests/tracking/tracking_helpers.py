@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from blockprune.calibration.capture import CaptureSettings
-from blockprune.jobs.config import EvalSettings, TrialSpec
+from blockprune.pipeline.config import EvalSettings, TrialSpec
 from blockprune.selection import METHODS, select
 from blockprune.selection.plan import CalibrationSettings, PrunePlan, parse_run_key, run_key
 from blockprune.selection.synthetic import TableScorer, dpi_run_table

@@ -1,0 +1,88 @@
+"""Where a job's heavy steps run: the :class:`Backend` protocol and the single-process :class:`LocalBackend`.
+
+The job loop (:func:`blockprune.pipeline.job.run_job`) is the same for every backend; a backend only says
+how to hold the model, capture a store, compute exact scores and evaluate a plan. The Ray backend
+(:mod:`blockprune.distributed.backend`) puts the model in actors on GPUs and the scores in Ray tasks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Protocol
+
+from blockprune.calibration.store import ActivationStore
+from blockprune.models.zoo import load_model
+from blockprune.pipeline.evaluate import Evaluation, evaluate_plan
+from blockprune.pipeline.prepare import Prepared, capture_or_reuse
+from blockprune.pipeline.scoring import LocalScorers, Scorers
+from blockprune.selection.plan import PrunePlan
+
+
+class Backend(Protocol):
+    """The few operations a job needs from where it runs.
+
+    ``engine``/``engine_settings``/``engine_tags`` describe it for MLflow (the same keys on every backend);
+    ``counters`` returns (exact scores computed, scoring batches) so far, for the job's metrics."""
+
+    engine: str
+
+    def engine_settings(self) -> dict[str, Any]: ...
+
+    def engine_tags(self) -> dict[str, str]: ...
+
+    def describe(self) -> str: ...
+
+    def open(self, p: Prepared) -> None: ...
+
+    def capture(self, p: Prepared, progress: bool) -> tuple[ActivationStore, bool]: ...
+
+    @property
+    def scorers(self) -> Scorers: ...
+
+    def evaluate(self, p: Prepared, plan: PrunePlan | None, save_dir: str | None, progress: bool) -> Evaluation: ...
+
+    def counters(self) -> tuple[int, int]: ...
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Everything in this process: the model on CPU (or the job's ``device_map``), scores computed inline."""
+
+    engine = "local"
+
+    def __init__(self) -> None:
+        self.model: Any = None
+        self._scorers = LocalScorers()
+        self._n_trials = 0
+
+    def engine_settings(self) -> dict[str, Any]:
+        return {"pid": os.getpid()}
+
+    def engine_tags(self) -> dict[str, str]:
+        return {"blockprune.engine": self.engine, "engine.job_id": f"local-{os.getpid()}"}
+
+    def describe(self) -> str:
+        return ""
+
+    def open(self, p: Prepared) -> None:
+        job = p.job
+        self._n_trials = len(job.trials)
+        self.model, _, _ = load_model(job.model, dtype=job.dtype, device_map=job.device_map)
+
+    def capture(self, p: Prepared, progress: bool) -> tuple[ActivationStore, bool]:
+        return capture_or_reuse(p, self.model, progress)
+
+    @property
+    def scorers(self) -> Scorers:
+        return self._scorers
+
+    def evaluate(self, p: Prepared, plan: PrunePlan | None, save_dir: str | None, progress: bool) -> Evaluation:
+        # one trial may prune the model itself; with several, each prunes a copy
+        return evaluate_plan(self.model, p, plan, save_dir, copy_model=self._n_trials > 1, progress=progress)
+
+    def counters(self) -> tuple[int, int]:
+        return self._scorers.counters()
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,103 @@
+"""What every model (dense or pruned) is measured on: perplexity, parameters, lm-eval, latency, samples.
+
+One function for both backends: the local backend calls it in this process, a Ray model actor calls it
+on the model it holds, so both log the same metrics for the same job.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from blockprune.pipeline.prepare import Prepared
+from blockprune.selection.plan import PrunePlan
+
+
+@dataclass
+class Evaluation:
+    """Metrics of one model, the lm-eval results behind them, and the optional latency and samples."""
+
+    metrics: dict[str, float]
+    tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    latency: dict[str, Any] | None = None
+    samples: list[dict[str, Any]] | None = None
+    saved_to: str | None = None
+
+
+def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> Evaluation:
+    """Perplexity, parameter counts, rolling perplexity and lm-eval when asked, latency and samples when asked."""
+    from blockprune.calibration.windows import split_documents
+    from blockprune.evaluation.cost import count_parameters
+    from blockprune.evaluation.perplexity import chunk_perplexity
+
+    ev = p.job.evaluation
+    t0 = time.perf_counter()
+    ppl = chunk_perplexity(model, p.eval_windows, batch_size=ev.batch_size, progress=progress)
+    params = count_parameters(model)
+    metrics = {
+        "ppl": ppl.perplexity,
+        "nll": ppl.nll,
+        "eval_tokens": ppl.n_tokens,
+        "params_total": params["total"],
+        "params_per_token": params["per_token"],
+    }
+    if ev.rolling_docs:
+        from blockprune.calibration.corpora import load_corpus
+        from blockprune.evaluation.perplexity import rolling_perplexity
+
+        held = split_documents(load_corpus(p.eval_corpus, p.job.text_field))[1][: ev.rolling_docs]
+        roll = rolling_perplexity(model, p.tokenizer, held, batch_size=ev.batch_size)
+        metrics |= {"rolling.word_perplexity": roll.word_perplexity, "rolling.byte_perplexity": roll.byte_perplexity,
+                    "rolling.bits_per_byte": roll.bits_per_byte}
+    tasks: dict[str, dict[str, Any]] = {}
+    if ev.tasks:
+        from blockprune.evaluation.lm_eval_tasks import run_lm_eval
+
+        # JSON types only: the same record whether it is logged here or shipped back from a Ray actor
+        tasks = json.loads(json.dumps(run_lm_eval(model, p.tokenizer, list(ev.tasks), limit=ev.limit,
+                                                  batch_size=ev.batch_size), default=str))
+        for task, vals in tasks.items():
+            for k, v in vals.items():
+                if isinstance(v, int | float):
+                    metrics[f"{task}.{k}"] = float(v)
+    metrics["eval_seconds"] = time.perf_counter() - t0
+    out = Evaluation(metrics, tasks)
+    if ev.latency:
+        from blockprune.evaluation.cost import measure_latency
+
+        out.latency = measure_latency(model, p.tokenizer).to_dict()
+        out.metrics |= {f"latency.{k}": v for k, v in out.latency.items()
+                        if isinstance(v, int | float) and not isinstance(v, bool)}
+    if ev.samples:
+        from blockprune.evaluation.generation import generate_samples
+
+        out.samples = generate_samples(model, p.tokenizer)
+    return out
+
+
+def pruned_name(p: Prepared, plan: PrunePlan) -> str:
+    """Folder name of a saved pruned model: model, method, granularity and how many blocks went."""
+    return f"{p.resolved.name}-{plan.method}-{plan.granularity}-{len(plan.blocks)}"
+
+
+def evaluate_plan(model: Any, p: Prepared, plan: PrunePlan | None, save_dir: str | None = None, *,
+                  copy_model: bool = True, progress: bool = True) -> Evaluation:
+    """The dense model (``plan=None``) or a pruned copy of it, measured, and saved when ``save_dir`` is set.
+
+    ``copy_model=False`` prunes ``model`` itself (a job with one trial needs no copy)."""
+    from blockprune.models.apply import apply_plan, save_pruned
+
+    if plan is None:
+        return evaluate_model(model, p, progress)
+    pruned = copy.deepcopy(model) if copy_model else model
+    apply_plan(pruned, plan)
+    out = evaluate_model(pruned, p, progress)
+    if save_dir:
+        dest = Path(save_dir) / pruned_name(p, plan)
+        save_pruned(pruned, plan, dest, p.tokenizer)
+        out.saved_to = str(dest)
+    return out

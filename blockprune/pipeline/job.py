@@ -1,0 +1,118 @@
+"""The one job loop: prepare → capture (or reuse) → dense evaluation → per trial: score, select, plan,
+evaluate, log → job summary. Every backend runs through here, so local and Ray runs log the same record."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from blockprune.pipeline.backend import Backend, LocalBackend
+from blockprune.pipeline.config import JobConfig, TrialSpec
+from blockprune.pipeline.evaluate import Evaluation
+from blockprune.pipeline.prepare import Prepared, prepare
+from blockprune.pipeline.records import TrialResult, job_params, job_tags, store_tags, trial_record
+from blockprune.pipeline.scoring import score_and_select
+from blockprune.tracking.artifacts import log_job_summary, log_trial
+from blockprune.tracking.tracker import Tracker
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class JobResult:
+    """What a job produced: its trials' results and the facts a sweep summary reports."""
+
+    results: list[TrialResult] = field(default_factory=list)
+    run_id: str | None = None
+    store_path: str | None = None
+    store_reused: bool | None = None
+    capture_seconds: float = 0.0
+    scores_computed: int = 0
+    scoring_batches: int = 0
+    seconds: float = 0.0
+
+
+def run_job(job: JobConfig, backend: Backend | None = None, tracker: Tracker | None = None, *,
+            progress: bool = True, echo: Echo = print, job_name: str | None = None,
+            tags: dict[str, str] | None = None, prepared: Prepared | None = None,
+            log_lock: Any | None = None, result: JobResult | None = None) -> JobResult:
+    """Run every trial of a job on one model; one parent MLflow run, one child run per trial.
+
+    ``tags`` are added to every run (a sweep's name and id); ``prepared`` skips :func:`prepare` when the
+    caller already did it; ``log_lock`` serialises artifact logging when several jobs share one process;
+    ``result`` is filled as the job goes (a sweep reports how far a failed job got). The backend is closed
+    at the end, also on failure."""
+    backend = backend or LocalBackend()
+    tracker = tracker or Tracker(enabled=False)
+    tags = dict(tags or {})
+    out = result if result is not None else JobResult()
+    t_start = time.perf_counter()
+    try:
+        tracker.check()
+        p = prepared or prepare(job)
+        backend.open(p)
+        name = job_name or p.resolved.name
+        cal = job.calibration
+        echo(f"[blockprune] {name}: {p.n_layers} layers ({p.adapter.family}); {backend.describe()}calibration "
+             f"{cal.n_samples}×{cal.seq_len} tokens of {cal.corpus!r}")
+        engine_tags = backend.engine_tags()
+        with tracker.run(name, params=job_params(p, backend.engine, backend.engine_settings()),
+                         tags=job_tags(p, engine_tags) | tags) as parent_id:
+            out.run_id = parent_id
+            t0 = time.perf_counter()
+            store, reused = backend.capture(p, progress)
+            capture_s = 0.0 if reused else time.perf_counter() - t0
+            out.store_path, out.store_reused, out.capture_seconds = str(store.path), reused, capture_s
+            echo(f"[blockprune] {name}: activation store {'reused' if reused else 'captured'}: {store.path} "
+                 f"({store.n_rows} sampled tokens × {store.n_layers + 1} boundaries)")
+            dense = backend.evaluate(p, None, None, progress).metrics
+            echo(f"[blockprune] {name}: dense perplexity on held-out {p.eval_corpus!r}: {dense['ppl']:.3f}")
+            tracker.log_metrics({f"dense.{k}": v for k, v in dense.items()}
+                                | {"capture_seconds": capture_s, "tokens_calibrated": store.manifest["tokens_calibrated"]})
+            tracker.set_tags(store_tags(store, reused))
+            lock = log_lock or contextlib.nullcontext()
+            for trial in job.trials:
+                out.results.append(_run_trial(p, backend, store, trial, dense, capture_s, tracker, progress, echo,
+                                              name, engine_tags | tags, lock))
+            with lock:
+                log_job_summary(tracker, out.results)
+            out.scores_computed, out.scoring_batches = backend.counters()
+            tracker.log_metrics({"job_seconds": time.perf_counter() - t_start, "scores_computed": out.scores_computed,
+                                 "scoring_batches": out.scoring_batches})
+        echo(f"[blockprune] MLflow: {tracker.describe(parent_id)}")
+        return out
+    finally:
+        out.seconds = time.perf_counter() - t_start
+        backend.close()
+
+
+def _run_trial(p: Prepared, backend: Backend, store: Any, trial: TrialSpec, dense: dict[str, float],
+               capture_s: float, tracker: Tracker, progress: bool, echo: Echo, name: str,
+               tags: dict[str, str], lock: Any) -> TrialResult:
+    t0 = time.perf_counter()
+    computed_before = backend.counters()[0]
+    scored = score_and_select(store, trial, backend.scorers)
+    select_s = time.perf_counter() - t0
+    computed = backend.counters()[0] - computed_before
+    sel = scored.selection
+    plan = scored.to_plan(trial, store, model_id=p.resolved.name, revision=p.resolved.revision,
+                          n_blocks=p.n_layers, calibration=p.job.calibration)
+    ev: Evaluation = backend.evaluate(p, plan, p.job.save_dir, progress)
+    metrics = ev.metrics
+    out, params, trial_tags = trial_record(p, store, trial, dense, metrics, sel.evaluations, select_s, capture_s,
+                                           computed)
+    result = TrialResult(trial, plan, out, ev.tasks, saved_to=ev.saved_to)
+    with tracker.run(trial.name, params=params, nested=True, tags=trial_tags | tags) as run_id:
+        result.run_id = run_id
+        with lock:
+            tracker.log_metrics(out)
+            log_trial(tracker, plan, out, tasks=ev.tasks, latency=ev.latency, samples=ev.samples)
+        if ev.saved_to:
+            tracker.set_tags({"saved_to": ev.saved_to})
+    echo(f"[blockprune] {name} · {trial.name}: drop {trial.granularity}s {list(plan.blocks)} · perplexity "
+         f"{dense['ppl']:.3f} → {metrics['ppl']:.3f} (×{out['ppl_ratio']:.2f}) · "
+         f"{out['params_removed'] / 1e6:.1f} M params removed · {sel.evaluations} exact scores ({computed} computed)")
+    return result

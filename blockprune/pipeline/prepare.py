@@ -1,0 +1,129 @@
+"""Everything a job checks and tokenises before a single weight is loaded, and where its store lives.
+
+``prepare`` is the one place bad input is caught: unknown model, architecture, method or estimator, an
+estimator parameter the estimator does not take, ``--prune`` out of range, a corpus too short, unknown
+lm-eval tasks. Both backends call it first, so a mistake costs seconds, never a capture.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from blockprune import estimators
+from blockprune.calibration.capture import capture, store_key
+from blockprune.calibration.corpora import Corpus, load_corpus
+from blockprune.calibration.store import ActivationStore, clear_stale_partials, finished_store, store_lock
+from blockprune.calibration.windows import TokenWindows, calibration_windows, heldout_windows
+from blockprune.env import cache_dir
+from blockprune.errors import BadInputError
+from blockprune.models.adapters import Adapter, adapter_for_config
+from blockprune.models.zoo import ResolvedModel, load_tokenizer, resolve_model
+from blockprune.pipeline.config import JobConfig, TrialSpec
+from blockprune.selection.methods import METHODS
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    """A job with everything resolved and tokenised: what every later stage reads."""
+
+    job: JobConfig
+    resolved: ResolvedModel
+    adapter: Adapter
+    n_layers: int
+    tokenizer: Any
+    corpus: Corpus
+    windows: TokenWindows
+    eval_windows: TokenWindows
+    eval_corpus: str
+
+
+def validate_trial(trial: TrialSpec, n_layers: int) -> None:
+    """Every check a trial can fail without touching the model, read from the method and estimator specs."""
+    spec = METHODS.get(trial.method)  # unknown method → lists the known ones
+    if not 1 <= trial.n_prune < n_layers:
+        raise BadInputError(
+            f"--prune must be between 1 and {n_layers - 1} for a model with {n_layers} layers, got {trial.n_prune}")
+    if trial.granularity != "layer" and spec.layer_only:
+        raise BadInputError(f"method {trial.method!r} scores runs of whole layers; use granularity 'layer'")
+    if trial.estimator is not None:
+        est = estimators.get(trial.estimator)  # unknown estimator → lists the known ones
+        if spec.estimator_kind is None:
+            raise BadInputError(f"method {trial.method!r} takes no estimator, got {trial.estimator!r}")
+        if est.kind != spec.estimator_kind:
+            raise BadInputError(
+                f"{trial.method} needs {'an' if spec.estimator_kind[0] in 'aeiou' else 'a'} {spec.estimator_kind} "
+                f"estimator ({', '.join(estimators.names(spec.estimator_kind))}), got {trial.estimator!r}")
+        est.check_params(trial.estimator_params)
+    elif trial.estimator_params:
+        raise BadInputError(f"method {trial.method!r} uses no estimator here, so estimator parameters "
+                            f"{trial.estimator_params} would be ignored")
+    if trial.s_start is not None and trial.method != "entrodrop":
+        raise BadInputError("s_start applies to entrodrop only")
+
+
+def prepare(job: JobConfig) -> Prepared:
+    """Resolve, validate and tokenise; raises before any forward pass on bad input."""
+    from transformers import AutoConfig
+
+    resolved = resolve_model(job.model)
+    config = AutoConfig.from_pretrained(resolved.path)
+    adapter = adapter_for_config(config)
+    n_layers = adapter.n_layers(config)
+    for t in job.trials:
+        validate_trial(t, n_layers)
+    ev = job.evaluation
+    if ev.tasks:
+        from blockprune.evaluation.lm_eval_tasks import resolve_task_names
+
+        resolve_task_names(list(ev.tasks))
+    tokenizer = load_tokenizer(resolved)
+    cal = job.calibration
+    corpus = load_corpus(cal.corpus, job.text_field)
+    windows = calibration_windows(tokenizer, corpus, cal.n_samples, cal.seq_len, cal.seed)
+    eval_name = ev.corpus or cal.corpus
+    eval_corpus = corpus if eval_name == cal.corpus else load_corpus(eval_name, job.text_field)
+    eval_windows = heldout_windows(tokenizer, eval_corpus, ev.seq_len or cal.seq_len, ev.windows)
+    return Prepared(job, resolved, adapter, n_layers, tokenizer, corpus, windows, eval_windows, eval_name)
+
+
+# ----------------------------------------------------------------------------------- the store
+
+
+def store_meta(p: Prepared) -> dict[str, Any]:
+    """What a store's content depends on besides the capture settings: its identity."""
+    cal = p.job.calibration
+    return {
+        "model": p.resolved.name,
+        "revision": p.resolved.revision,
+        "corpus": cal.corpus,
+        "corpus_fingerprint": p.corpus.fingerprint(),
+        "n_samples": cal.n_samples,
+        "seq_len": cal.seq_len,
+        "seed": cal.seed,
+        "dtype": p.job.dtype,
+    }
+
+
+def store_path(p: Prepared) -> Path:
+    root = Path(p.job.store_root or Path(cache_dir()) / "stores")
+    return root / f"{p.resolved.name.replace('/', '__')}-{store_key(store_meta(p), p.job.capture)}"
+
+
+def capture_or_reuse(p: Prepared, model: Any, progress: bool = True) -> tuple[ActivationStore, bool]:
+    """(store, reused): a finished store with the same settings is reused, never recaptured.
+
+    Under the store's file lock, as the distributed path: a job that waits for another's capture of the
+    same store reuses it, and partial folders of crashed captures are removed before capturing anew."""
+    path = store_path(p)
+    with store_lock(path):
+        store = finished_store(path)
+        if store is not None:
+            log.info("reusing activation store %s (no recapture)", path)
+            return store, True
+        clear_stale_partials(path)
+        return capture(model, p.adapter, p.windows, path, store_meta(p), p.job.capture, progress=progress), False
