@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -54,37 +53,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def measure(model: Any, tokenizer: Any, windows: Any, args: argparse.Namespace,
             held_docs: list[str] | None = None) -> dict[str, Any]:
-    from blockprune.evaluation.cost import count_parameters
-    from blockprune.evaluation.perplexity import chunk_perplexity
+    """The pipeline's measurements of one model, flattened for the table (samples under ``"samples"``)."""
+    from blockprune.pipeline.config import EvalSettings
+    from blockprune.pipeline.evaluate import measure_model
 
-    t0 = time.perf_counter()
-    ppl = chunk_perplexity(model, windows, batch_size=args.batch_size, progress=not args.quiet)
-    params = count_parameters(model)
-    out: dict[str, Any] = {"ppl": ppl.perplexity, "params_total": params["total"],
-                           "params_per_token": params["per_token"]}
-    if held_docs:
-        from blockprune.evaluation.perplexity import rolling_perplexity
-
-        roll = rolling_perplexity(model, tokenizer, held_docs, batch_size=args.batch_size)
-        out |= {"rolling.word_perplexity": roll.word_perplexity, "rolling.byte_perplexity": roll.byte_perplexity,
-                "rolling.bits_per_byte": roll.bits_per_byte}
-    tasks = [t for t in args.tasks.split(",") if t]
-    if tasks:
-        from blockprune.evaluation.lm_eval_tasks import run_lm_eval
-
-        for task, vals in run_lm_eval(model, tokenizer, tasks, limit=args.limit, batch_size=args.batch_size).items():
-            out.update({f"{task}.{k}": v for k, v in vals.items() if isinstance(v, (int, float))})
-    if args.latency:
-        from blockprune.evaluation.cost import measure_latency
-
-        lat = measure_latency(model, tokenizer).to_dict()
-        out.update({f"latency.{k}": v for k, v in lat.items() if isinstance(v, (int, float))})
-    if args.samples:
-        from blockprune.evaluation.generation import generate_samples
-
-        out["samples"] = generate_samples(model, tokenizer)
-    out["eval_seconds"] = time.perf_counter() - t0
-    return out
+    ev = EvalSettings(tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
+                      batch_size=args.batch_size, latency=args.latency, samples=args.samples)
+    result = measure_model(model, tokenizer, windows, ev, held_docs, progress=not args.quiet)
+    return {**result.metrics, **({"samples": result.samples} if result.samples else {})}
 
 
 def _load(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any, str]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blockprune.pipeline.config import EvalSettings
 from blockprune.pipeline.prepare import Prepared
 from blockprune.selection.plan import PrunePlan
 
@@ -28,15 +29,15 @@ class Evaluation:
     saved_to: str | None = None
 
 
-def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> Evaluation:
-    """Perplexity, parameter counts, rolling perplexity and lm-eval when asked, latency and samples when asked."""
-    from blockprune.calibration.windows import split_documents
+def measure_model(model: Any, tokenizer: Any, windows: Any, ev: EvalSettings,
+                  held_docs: list[str] | None = None, progress: bool = True) -> Evaluation:
+    """Perplexity on ``windows``, parameter counts, rolling perplexity on ``held_docs``, lm-eval, latency and
+    generation samples, each as ``ev`` asks. ``blockprune evaluate`` calls this directly."""
     from blockprune.evaluation.cost import count_parameters
     from blockprune.evaluation.perplexity import chunk_perplexity
 
-    ev = p.job.evaluation
     t0 = time.perf_counter()
-    ppl = chunk_perplexity(model, p.eval_windows, batch_size=ev.batch_size, progress=progress)
+    ppl = chunk_perplexity(model, windows, batch_size=ev.batch_size, progress=progress)
     params = count_parameters(model)
     metrics = {
         "ppl": ppl.perplexity,
@@ -45,12 +46,10 @@ def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> Evaluation
         "params_total": params["total"],
         "params_per_token": params["per_token"],
     }
-    if ev.rolling_docs:
-        from blockprune.calibration.corpora import load_corpus
+    if held_docs:
         from blockprune.evaluation.perplexity import rolling_perplexity
 
-        held = split_documents(load_corpus(p.eval_corpus, p.job.text_field))[1][: ev.rolling_docs]
-        roll = rolling_perplexity(model, p.tokenizer, held, batch_size=ev.batch_size)
+        roll = rolling_perplexity(model, tokenizer, held_docs, batch_size=ev.batch_size)
         metrics |= {"rolling.word_perplexity": roll.word_perplexity, "rolling.byte_perplexity": roll.byte_perplexity,
                     "rolling.bits_per_byte": roll.bits_per_byte}
     tasks: dict[str, dict[str, Any]] = {}
@@ -58,7 +57,7 @@ def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> Evaluation
         from blockprune.evaluation.lm_eval_tasks import run_lm_eval
 
         # JSON types only: the same record whether it is logged here or shipped back from a Ray actor
-        tasks = json.loads(json.dumps(run_lm_eval(model, p.tokenizer, list(ev.tasks), limit=ev.limit,
+        tasks = json.loads(json.dumps(run_lm_eval(model, tokenizer, list(ev.tasks), limit=ev.limit,
                                                   batch_size=ev.batch_size), default=str))
         for task, vals in tasks.items():
             for k, v in vals.items():
@@ -69,14 +68,26 @@ def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> Evaluation
     if ev.latency:
         from blockprune.evaluation.cost import measure_latency
 
-        out.latency = measure_latency(model, p.tokenizer).to_dict()
+        out.latency = measure_latency(model, tokenizer).to_dict()
         out.metrics |= {f"latency.{k}": v for k, v in out.latency.items()
                         if isinstance(v, int | float) and not isinstance(v, bool)}
     if ev.samples:
         from blockprune.evaluation.generation import generate_samples
 
-        out.samples = generate_samples(model, p.tokenizer)
+        out.samples = generate_samples(model, tokenizer)
     return out
+
+
+def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> Evaluation:
+    """:func:`measure_model` with a prepared job's held-out windows, documents and evaluation settings."""
+    ev = p.job.evaluation
+    held = None
+    if ev.rolling_docs:
+        from blockprune.calibration.corpora import load_corpus
+        from blockprune.calibration.windows import split_documents
+
+        held = split_documents(load_corpus(p.eval_corpus, p.job.text_field))[1][: ev.rolling_docs]
+    return measure_model(model, p.tokenizer, p.eval_windows, ev, held, progress)
 
 
 def pruned_name(p: Prepared, plan: PrunePlan) -> str:
