@@ -32,6 +32,6 @@ def test_deepspeed_capture_equals_accelerate_capture(reference, tmp_path) -> Non
                                    err_msg=name)
     bi = BlockStats.from_dict(raw["layer"]).means()["bi"]
     np.testing.assert_allclose(bi, reference.store.stats["layer"]["bi"], rtol=1e-5, atol=1e-7)
-    dense = worker.evaluate(None)["metrics"]["ppl"]
+    dense = worker.evaluate(None).metrics["ppl"]
     plan = reference.plans["shortgpt/layer/k=4"]
-    assert worker.evaluate(plan)["metrics"]["ppl"] > dense
+    assert worker.evaluate(plan).metrics["ppl"] > dense

@@ -86,11 +86,13 @@ def test_replicas_on_two_nodes_capture_the_single_process_store(two_nodes, refer
         seen = inspect_transport(refs, "h_004", NodeAffinitySchedulingStrategy(node.node_id, soft=False))
         assert seen["writeable"] is False and seen["owndata"] is False, (node.node_id, seen)
 
+    from blockprune.pipeline.scoring import score_and_select
+
     scoring = RayScoring(ScoringOptions(num_cpus=1))
     fbs = TRIALS[2]
-    sel, *_ = scoring.score_and_select(store, fbs)
-    assert sel.blocks == reference.plans[fbs.name].blocks
-    assert scoring.tasks == sel.evaluations
+    scored = score_and_select(store, fbs, scoring)
+    assert scored.blocks == reference.plans[fbs.name].blocks
+    assert scoring.tasks == scored.selection.evaluations
 
 
 def test_strict_pack_larger_than_any_node_is_refused(two_nodes) -> None:
