@@ -45,6 +45,11 @@ def display(mid: str) -> str:
     return NAMES.get(mid, mid)
 
 
+def family(method: str) -> str:
+    """Which paper a report row belongs to: one figure panel each, so 14 methods stay readable."""
+    return "entrodrop" if method.startswith("entrodrop") else "mi" if method.startswith("mi_") else "base"
+
+
 def task_accuracy(metrics: dict[str, float], task: str) -> float | None:
     v = metrics.get(f"{task}.acc_norm", metrics.get(f"{task}.acc"))
     return None if v is None else float(v)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from blockprune.study.report import fmt
+from blockprune.study.markdown import fmt
 from blockprune.study.tables import geomean
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"

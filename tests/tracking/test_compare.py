@@ -11,6 +11,7 @@ import pytest
 from tracking_helpers import LoggedJob
 
 from blockprune.jobs import cli, compare
+from blockprune.tracking.compare import CompareConfig, build
 from blockprune.tracking.figures import jaccard
 
 pytestmark = pytest.mark.integration
@@ -105,12 +106,12 @@ def test_compare_filters_and_parent_selection(sqlite_job: LoggedJob, capsys: pyt
     assert compare.main([*base, "--method", "shortgpt", "--method", "mi_fbs"]) == 0
     out = capsys.readouterr().out
     assert "2 plans" in out and "entrodrop" not in out
-    cmp = compare.build(compare.CompareConfig(experiment=sqlite_job.experiment, tracking_uri=sqlite_job.uri,
-                                              parent_run="latest", figures=False))
+    cmp = build(CompareConfig(experiment=sqlite_job.experiment, tracking_uri=sqlite_job.uri,
+                              parent_run="latest", figures=False))
     assert cmp.parent == sqlite_job.parent_id and len(cmp.rows) == 3
     assert {r.run_id for r in cmp.rows} == {r.run_id for r in sqlite_job.results}
-    by_name = compare.build(compare.CompareConfig(experiment=sqlite_job.experiment, tracking_uri=sqlite_job.uri,
-                                                  parent_run="synthetic-job", figures=False, estimators=("mi.ksg",)))
+    by_name = build(CompareConfig(experiment=sqlite_job.experiment, tracking_uri=sqlite_job.uri,
+                                  parent_run="synthetic-job", figures=False, estimators=("mi.ksg",)))
     assert [r.method for r in by_name.rows] == ["mi_fbs"]
     assert by_name.rows[0].plan == sqlite_job.results[2].plan
 
