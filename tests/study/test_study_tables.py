@@ -387,3 +387,26 @@ def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
                               [MODEL])
     (line,) = all_calibration_claims([partial.rows(MODEL, "layer", 2)], 0.05)
     assert "EntroDrop" not in line.split(": ", 1)[1] and "MI-PRUN beats ShortGPT in 1 of 1" in line
+
+
+@pytest.mark.unit
+def test_report_names_and_families_come_from_the_method_specs() -> None:
+    """A method registered with a label and a family is named and grouped by the report with no other edit."""
+    from blockprune.selection.methods import METHODS, MethodSpec
+    from blockprune.study.tables import display, family
+
+    METHODS.register("throwaway", MethodSpec("throwaway", "block", "highest", "mi", fn=lambda *a, **k: None,
+                                             estimator_kind="mi", default_estimator="mi.ksg", label="Throwaway",
+                                             family="mi"))
+    try:
+        assert display("throwaway/mi.ksg") == "Throwaway"  # its default estimator goes unsaid
+        assert display("throwaway/mi.gaussian") == "Throwaway · Gaussian"
+        assert display("throwaway/mi.ksg[proj=none,standardize=none]") == "Throwaway · raw scale"
+        assert display("throwaway/mi.ksg[k=3]") == "throwaway/mi.ksg[k=3]"  # an unnamed variant keeps its id
+        assert family("throwaway/mi.ksg[k=3]") == "mi"
+    finally:
+        METHODS.unregister("throwaway")
+    assert display("throwaway/mi.ksg") == "throwaway/mi.ksg" and family("throwaway") == "base"
+    # EntroDrop's spec shows its estimator even when it is the default: the report compares them
+    assert display("entrodrop/entropy.bucket") == "EntroDrop · bucket" and family("entrodrop/entropy.knn") == "entrodrop"
+    assert display("shortgpt") == "ShortGPT (BI)" and family("shortgpt") == "base"
