@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from blockprune.study.claims import noise_text, summary_section
-from blockprune.study.record import StudyLog, export
+from blockprune.study.record import RunRecord, StudyLog, export
 from blockprune.study.sections import (
     budget_section,
     correlation_section,
@@ -33,10 +33,20 @@ from blockprune.study.tables import Study
 def load_study(spec: StudySpec, tracking_uri: str) -> tuple[Study, list[Any]]:
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
     runs = slog.runs()
-    study = Study.from_runs(runs, [t for t, _ in spec.evaluation.tasks], list(spec.evaluation.corpora),
-                            [m.name for m in spec.models], spec.evaluation.tasks_tag,
-                            spec.evaluation.docs_tag)
-    return study, runs
+    return study_from_runs(spec, runs), runs
+
+
+def study_from_runs(spec: StudySpec, runs: Sequence[RunRecord]) -> Study:
+    """The spec's view of a set of runs: from the store, or from a report's ``runs.json`` without MLflow."""
+    return Study.from_runs(runs, [t for t, _ in spec.evaluation.tasks], list(spec.evaluation.corpora),
+                           [m.name for m in spec.models], spec.evaluation.tasks_tag,
+                           spec.evaluation.docs_tag)
+
+
+def ledger_runs(path: str | Path) -> list[RunRecord]:
+    """The runs of a report's ``runs.json`` (what :func:`~blockprune.study.record.export` wrote)."""
+    return [RunRecord(r["run_id"], dict(r["tags"]), dict(r["metrics"]), "FINISHED", dict(r.get("params", {})))
+            for r in json.loads(Path(path).read_text())["runs"]]
 
 
 def coverage(study: Study, spec: StudySpec) -> dict[str, int]:
