@@ -11,7 +11,7 @@ import pytest
 from tracking_helpers import LoggedJob
 
 from blockprune.jobs import cli, compare
-from blockprune.tracking.compare import CompareConfig, build
+from blockprune.tracking.compare import CompareConfig, DenseRow, PlanRow, assemble, build, render_markdown
 from blockprune.tracking.figures import jaccard
 
 pytestmark = pytest.mark.integration
@@ -132,3 +132,24 @@ def test_cli_registers_compare_and_keeps_calibrate() -> None:
         with pytest.raises(SystemExit) as e:
             cli.main([cmd, "--help"])
         assert e.value.code == 0
+
+
+@pytest.mark.unit
+def test_tables_and_renderers_are_functions_of_the_rows() -> None:
+    """Everything after reading is pure: rows in, sorted rows, columns, best marks and agreement out (no MLflow)."""
+    def row(i: int, method: str, est: str | None, blocks: tuple[int, ...], ppl: float) -> PlanRow:
+        return PlanRow(f"{i:032x}", f"t{i}", "p" * 32, "m", method, est, "layer", len(blocks), 12, blocks,
+                       {"ppl_pruned": ppl, "capture_seconds": 3.0})
+
+    rows = [row(1, "shortgpt", None, (3, 4), 20.0), row(2, "sequential", None, (1, 2, 3), 10.0),
+            row(3, "mi_fbs", "mi.ksg", (4, 5), 25.0)]
+    cmp = assemble(CompareConfig(experiment="x"), "sqlite:///x.db", "1", None, rows,
+                   [DenseRow("p" * 32, "m", {"ppl": 15.0})])
+    assert [r.label for r in cmp.rows] == ["mi_fbs/mi.ksg", "shortgpt", "sequential"]  # by k, then label
+    assert cmp.best == {"ppl_pruned": {1}}  # shortgpt beats mi_fbs at k=2; sequential (k=3) is not compared
+    assert [c.key for c, _ in cmp.common] == ["model", "granularity", "capture_seconds"]
+    assert [(a.n_prune, a.matrix[0][1]) for a in cmp.agreements] == [(2, pytest.approx(1 / 3))]
+    md = render_markdown(cmp)
+    assert "| **20.000 ★** |" in md and "10.000 ★" not in md and "| *15.000* |" in md
+    with pytest.raises(ValueError, match="match the filters"):
+        assemble(CompareConfig(experiment="x"), "sqlite:///x.db", "1", None, [], [])
