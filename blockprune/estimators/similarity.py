@@ -35,19 +35,19 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.clip(np.einsum("ij,ij->i", a, b) / np.maximum(den, _TINY), -1.0, 1.0)
 
 
-@register("bi", "similarity")
+@register("bi", "similarity", label="BI")
 def bi(x: Any, y: Any = None) -> float:
     """Block Influence (ShortGPT): 1 - mean_t cos(x_t, y_t); 0 for an identity block, 2 for a sign flip."""
     return 1.0 - _per_token(x, y, "bi", _cos)
 
 
-@register("angular", "similarity")
+@register("angular", "similarity", label="angular distance")
 def angular(x: Any, y: Any = None) -> float:
     """Angular distance (Gromov et al.): mean_t arccos(cos(x_t, y_t)) / pi, in [0, 1]."""
     return _per_token(x, y, "angular", lambda a, b: np.arccos(_cos(a, b)) / np.pi)
 
 
-@register("relative_magnitude", "similarity")
+@register("relative_magnitude", "similarity", label="relative magnitude")
 def relative_magnitude(x: Any, y: Any = None) -> float:
     """mean_t |y_t - x_t| / |y_t| = |f(x)| / |x + f(x)| for a residual block y = x + f(x)."""
 

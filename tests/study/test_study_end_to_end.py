@@ -18,8 +18,8 @@ import yaml
 
 from blockprune.calibration.store import ActivationStore
 from blockprune.jobs.study import main
+from blockprune.study.markdown import fmt
 from blockprune.study.record import StudyLog
-from blockprune.study.report import fmt
 from blockprune.study.spec import load_spec
 
 pytestmark = pytest.mark.slow

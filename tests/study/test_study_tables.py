@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from blockprune.study.claims import summary_section
 from blockprune.study.record import RunRecord, baseline_key, calibration_key, plan_key, trial_key
-from blockprune.study.report import render, summary_section
+from blockprune.study.report import render
 from blockprune.study.spec import parse_spec
 from blockprune.study.tables import Study, stability
 
@@ -146,7 +147,7 @@ def test_render_names_runs_and_flags_partial(study: Study, tmp_path: Path) -> No
 def test_curves_get_one_panel_per_family_with_shortgpt_as_yardstick(study: Study) -> None:
     import matplotlib.pyplot as plt
 
-    from blockprune.study.report import curve_figure
+    from blockprune.study.figures import curve_figure
 
     fig = curve_figure(study, MODEL, "layer", "acc")
     try:
@@ -160,7 +161,7 @@ def test_curves_get_one_panel_per_family_with_shortgpt_as_yardstick(study: Study
 
 
 def test_infeasible_selection_is_listed_not_evaluated(study: Study, tmp_path: Path) -> None:
-    from blockprune.study.report import infeasible_section
+    from blockprune.study.sections import infeasible_section
 
     bad = _sel(9, "b", 1, "entrodrop", "entropy.knn", 2, ())
     bad.tags.pop("blocks"), bad.tags.pop("plan_key")
@@ -241,7 +242,7 @@ def _baseline(docs: str = "piqa:50,boolq:50") -> RunRecord:
 def test_accuracies_are_read_against_chance_and_the_best_constant_answer(study: Study, tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from blockprune.study.report import curve_figure
+    from blockprune.study.figures import curve_figure
 
     tag = "piqa:50,boolq:50;bfloat16"  # the baseline's key leaves out the dtype: same documents
     runs = [RunRecord(r.run_id, r.tags | {"tasks_done": tag}, r.metrics) for r in _runs(study)]
@@ -288,7 +289,8 @@ def test_spearman_closed_forms() -> None:
 
 @pytest.mark.unit
 def test_perplexity_against_accuracy_over_every_measured_plan(study: Study, tmp_path: Path) -> None:
-    from blockprune.study.report import correlation_lines, correlation_section
+    from blockprune.study.claims import correlation_lines
+    from blockprune.study.sections import correlation_section
 
     runs = [r for r in _runs(study) if r.key != plan_key(MODEL, "layer", (6, 7))]
     runs.append(_eval(5, plan_key(MODEL, "layer", (6, 7)), 30.0, 60.0, 0.5, 0.65))
@@ -310,7 +312,7 @@ def test_perplexity_against_accuracy_over_every_measured_plan(study: Study, tmp_
 
 @pytest.mark.unit
 def test_which_plan_to_pick_for_a_perplexity_budget(study: Study) -> None:
-    from blockprune.study.report import budget_section
+    from blockprune.study.sections import budget_section
 
     # every plan has params_total 1e6 like the dense model: equal sizes, so the lowest ppl× within budget wins
     assert study.smallest_within(MODEL, 1.25) is None
@@ -334,7 +336,7 @@ def test_which_plan_to_pick_for_a_perplexity_budget(study: Study) -> None:
 def test_time_lines_give_what_is_left_and_the_whole_grid_at_the_measured_rates() -> None:
     """2 of 4 calibrations run (1000 s capture + 1.5 s scoring each), 2 plans + dense, 10 s ppl and 20 s lm-eval
     per plan: the 2 calibrations left bring 1 new plan each, so the whole grid is 4 × 1001.5 + 5 × 30 s."""
-    from blockprune.study.report import time_lines
+    from blockprune.study.sections import time_lines
 
     def cal(i: int, corpus: str) -> RunRecord:
         return RunRecord(f"cal{i:05d}xxxx", {"study.kind": "calibration", "study.key": calibration_key(
@@ -360,7 +362,7 @@ def test_time_lines_give_what_is_left_and_the_whole_grid_at_the_measured_rates()
 def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
     """Two calibrations. ShortGPT's plans: ppl× 2.83 and 2.83, acc 0.6 and 0.5; EntroDrop's 1.5 and 3 (geomean
     2.12), acc 0.7 and 0.4 (mean 0.55, a tie); MI-PRUN's 1.5 and 2.83 (2.06), acc 0.7 and 0.6 (+0.10 > ±0.05)."""
-    from blockprune.study.report import all_calibration_claims
+    from blockprune.study.claims import all_calibration_claims
 
     runs = [
         _sel(1, "a", 0, "shortgpt", None, 2, (3, 4)), _sel(2, "b", 0, "shortgpt", None, 2, (3, 5)),
@@ -385,3 +387,26 @@ def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
                               [MODEL])
     (line,) = all_calibration_claims([partial.rows(MODEL, "layer", 2)], 0.05)
     assert "EntroDrop" not in line.split(": ", 1)[1] and "MI-PRUN beats ShortGPT in 1 of 1" in line
+
+
+@pytest.mark.unit
+def test_report_names_and_families_come_from_the_method_specs() -> None:
+    """A method registered with a label and a family is named and grouped by the report with no other edit."""
+    from blockprune.selection.methods import METHODS, MethodSpec
+    from blockprune.study.tables import display, family
+
+    METHODS.register("throwaway", MethodSpec("throwaway", "block", "highest", "mi", fn=lambda *a, **k: None,
+                                             estimator_kind="mi", default_estimator="mi.ksg", label="Throwaway",
+                                             family="mi"))
+    try:
+        assert display("throwaway/mi.ksg") == "Throwaway"  # its default estimator goes unsaid
+        assert display("throwaway/mi.gaussian") == "Throwaway · Gaussian"
+        assert display("throwaway/mi.ksg[proj=none,standardize=none]") == "Throwaway · raw scale"
+        assert display("throwaway/mi.ksg[k=3]") == "throwaway/mi.ksg[k=3]"  # an unnamed variant keeps its id
+        assert family("throwaway/mi.ksg[k=3]") == "mi"
+    finally:
+        METHODS.unregister("throwaway")
+    assert display("throwaway/mi.ksg") == "throwaway/mi.ksg" and family("throwaway") == "base"
+    # EntroDrop's spec shows its estimator even when it is the default: the report compares them
+    assert display("entrodrop/entropy.bucket") == "EntroDrop · bucket" and family("entrodrop/entropy.knn") == "entrodrop"
+    assert display("shortgpt") == "ShortGPT (BI)" and family("shortgpt") == "base"

@@ -11,6 +11,7 @@ import pytest
 from tracking_helpers import LoggedJob
 
 from blockprune.jobs import cli, compare
+from blockprune.tracking.compare import CompareConfig, DenseRow, PlanRow, assemble, build, render_markdown
 from blockprune.tracking.figures import jaccard
 
 pytestmark = pytest.mark.integration
@@ -105,12 +106,12 @@ def test_compare_filters_and_parent_selection(sqlite_job: LoggedJob, capsys: pyt
     assert compare.main([*base, "--method", "shortgpt", "--method", "mi_fbs"]) == 0
     out = capsys.readouterr().out
     assert "2 plans" in out and "entrodrop" not in out
-    cmp = compare.build(compare.CompareConfig(experiment=sqlite_job.experiment, tracking_uri=sqlite_job.uri,
-                                              parent_run="latest", figures=False))
+    cmp = build(CompareConfig(experiment=sqlite_job.experiment, tracking_uri=sqlite_job.uri,
+                              parent_run="latest", figures=False))
     assert cmp.parent == sqlite_job.parent_id and len(cmp.rows) == 3
     assert {r.run_id for r in cmp.rows} == {r.run_id for r in sqlite_job.results}
-    by_name = compare.build(compare.CompareConfig(experiment=sqlite_job.experiment, tracking_uri=sqlite_job.uri,
-                                                  parent_run="synthetic-job", figures=False, estimators=("mi.ksg",)))
+    by_name = build(CompareConfig(experiment=sqlite_job.experiment, tracking_uri=sqlite_job.uri,
+                                  parent_run="synthetic-job", figures=False, estimators=("mi.ksg",)))
     assert [r.method for r in by_name.rows] == ["mi_fbs"]
     assert by_name.rows[0].plan == sqlite_job.results[2].plan
 
@@ -131,3 +132,24 @@ def test_cli_registers_compare_and_keeps_calibrate() -> None:
         with pytest.raises(SystemExit) as e:
             cli.main([cmd, "--help"])
         assert e.value.code == 0
+
+
+@pytest.mark.unit
+def test_tables_and_renderers_are_functions_of_the_rows() -> None:
+    """Everything after reading is pure: rows in, sorted rows, columns, best marks and agreement out (no MLflow)."""
+    def row(i: int, method: str, est: str | None, blocks: tuple[int, ...], ppl: float) -> PlanRow:
+        return PlanRow(f"{i:032x}", f"t{i}", "p" * 32, "m", method, est, "layer", len(blocks), 12, blocks,
+                       {"ppl_pruned": ppl, "capture_seconds": 3.0})
+
+    rows = [row(1, "shortgpt", None, (3, 4), 20.0), row(2, "sequential", None, (1, 2, 3), 10.0),
+            row(3, "mi_fbs", "mi.ksg", (4, 5), 25.0)]
+    cmp = assemble(CompareConfig(experiment="x"), "sqlite:///x.db", "1", None, rows,
+                   [DenseRow("p" * 32, "m", {"ppl": 15.0})])
+    assert [r.label for r in cmp.rows] == ["mi_fbs/mi.ksg", "shortgpt", "sequential"]  # by k, then label
+    assert cmp.best == {"ppl_pruned": {1}}  # shortgpt beats mi_fbs at k=2; sequential (k=3) is not compared
+    assert [c.key for c, _ in cmp.common] == ["model", "granularity", "capture_seconds"]
+    assert [(a.n_prune, a.matrix[0][1]) for a in cmp.agreements] == [(2, pytest.approx(1 / 3))]
+    md = render_markdown(cmp)
+    assert "| **20.000 ★** |" in md and "10.000 ★" not in md and "| *15.000* |" in md
+    with pytest.raises(ValueError, match="match the filters"):
+        assemble(CompareConfig(experiment="x"), "sqlite:///x.db", "1", None, [], [])

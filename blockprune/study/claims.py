@@ -1,0 +1,236 @@
+"""The report's generated sentences: pure functions from a :class:`Study` to Markdown lines.
+
+Winners per cell, the three papers' claims counted (on the reference calibration and over all
+calibrations), accuracy wins against the lm-eval noise, how close accuracies sit to the answer
+baselines, and whether perplexity ranks plans as accuracy does. Nothing here is typed by hand: every
+sentence is counted from the same rows the tables print.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from blockprune.study.markdown import fmt
+from blockprune.study.record import plan_key
+from blockprune.study.tables import Row, Study, display, family, geomean
+
+
+def noise_text(study: Study) -> str:
+    noise = study.accuracy_noise()
+    if noise is None:
+        return ""
+    return (f" With the lm-eval limits above, one task's accuracy has a standard error of about ±{noise[0]:.3f} "
+            f"and the average about ±{noise[1]:.3f} (binomial, p = 0.5): read accuracy differences below that as "
+            "ties; perplexity is the sharper signal.")
+
+
+def summary_section(study: Study) -> list[str]:
+    """Sentences computed from the rows: winners per cell and the papers' claims, counted."""
+    lines = ["## Summary (generated from the tables below)", ""]
+    claims: dict[str, list[bool]] = {"entro": [], "mi": [], "mi_vs_entro": []}
+    claims_acc: dict[str, list[float]] = {"entro": [], "mi": []}  # best avg acc − ShortGPT's, per cell
+    wins: list[tuple[str, str, int, Row, Row]] = []  # (model, granularity, n, best of a family, ShortGPT)
+    cells: list[list[Row]] = []
+    for m in study.models:
+        for gran in ("layer", "attention"):
+            for n in study.cells(m, gran):
+                rows = study.rows(m, gran, n)
+                cells.append(rows)
+                best = _best(rows, "ppl_ratio")
+                best_acc = _best(rows, "avg_acc")
+                if best is None:
+                    continue
+                text = f"- **{m}, {n} {gran}s**: lowest perplexity: {display(best.method)} (ppl× {fmt(best.ppl_ratio)})"
+                if best_acc is not None:
+                    text += f"; best average accuracy: {display(best_acc.method)} ({fmt(best_acc.avg_acc, 3)})"
+                lines.append(text)
+                by = {r.method: r for r in rows}
+                sg = by.get("shortgpt")
+                entro, mi = ([r for r in rows if family(r.method) == f and r.ppl_ratio is not None]
+                             for f in ("entrodrop", "mi"))
+                if sg and sg.ppl_ratio is not None:
+                    if entro:
+                        claims["entro"].append(min(r.ppl_ratio for r in entro) < sg.ppl_ratio)  # type: ignore[type-var]
+                    if mi:
+                        claims["mi"].append(min(r.ppl_ratio for r in mi) < sg.ppl_ratio)  # type: ignore[type-var]
+                    if sg.avg_acc is not None:
+                        for fam, group in (("entro", entro), ("mi", mi)):
+                            scored = [r for r in group if r.avg_acc is not None]
+                            if scored:
+                                top = max(scored, key=lambda r: r.avg_acc)  # type: ignore[arg-type,return-value]
+                                claims_acc[fam].append(top.avg_acc - sg.avg_acc)  # type: ignore[operator]
+                                wins.append((m, gran, n, top, sg))
+                if mi and entro:
+                    claims["mi_vs_entro"].append(min(r.ppl_ratio for r in mi)  # type: ignore[type-var]
+                                                 < min(r.ppl_ratio for r in entro))  # type: ignore[type-var]
+    lines.append("")
+
+    def count(v: list[bool]) -> str:
+        return f"{sum(v)} of {len(v)}" if v else "no"
+
+    noise = study.accuracy_noise()
+
+    def count_acc(diffs: list[float]) -> str:
+        """Wins by accuracy, and how many of them exceed the noise of a limited lm-eval run."""
+        if not diffs:
+            return ""
+        text = f"; by average accuracy in {count([d > 0 for d in diffs])}"
+        if noise is not None:
+            text += (f" (by more than ±{noise[1]:.3f}, one standard error of an average accuracy, in "
+                     f"{sum(d > noise[1] for d in diffs)})")
+        return text
+
+    lines += [
+        "The papers' claims, counted over the (model, granularity, n_prune) cells above, on the reference "
+        "calibration's plans (perplexity: geometric mean over the evaluation corpora):", "",
+        f"- *EntroDrop beats ShortGPT's BI* (best of its entropy estimators, lower perplexity): "
+        f"holds in {count(claims['entro'])} cells"
+        + count_acc(claims_acc["entro"]) + ".",
+        f"- *MI-PRUN beats ShortGPT* (best of greedy / FBS / brute force): holds in {count(claims['mi'])} cells"
+        + count_acc(claims_acc["mi"]) + ".",
+        f"- *MI-PRUN beats EntroDrop*: holds in {count(claims['mi_vs_entro'])} cells.",
+    ]
+    if noise is not None:
+        lines += _accuracy_wins(wins, noise[1])
+    lines += all_calibration_claims(cells, None if noise is None else noise[1])
+    lines += floor_lines(study)
+    lines += correlation_lines(study)
+    stab = []
+    for m in study.models:
+        for mid in study.methods(m, "layer"):
+            if mid in ("sequential", "reverse"):
+                continue
+            vals = [v for n in study.cells(m, "layer") if (v := study.stability_split(m, "layer", mid, n)["all"])
+                    is not None]
+            if vals:
+                stab.append((m, mid, sum(vals) / len(vals)))
+    if stab:
+        lo, hi = min(stab, key=lambda t: t[2]), max(stab, key=lambda t: t[2])
+        lines.append(f"- *Plans are stable across calibration data*: layer-plan Jaccard averages range from "
+                     f"{fmt(lo[2])} ({display(lo[1])}, {lo[0]}) to {fmt(hi[2])} ({display(hi[1])}, {hi[0]}).")
+    lines.append("")
+    return lines
+
+
+def _best(rows: list[Row], key: str) -> Row | None:
+    vals = [r for r in rows if getattr(r, key) is not None and r.method not in ("sequential", "reverse")]
+    if not vals:
+        return None
+    return min(vals, key=lambda r: r.ppl_ratio) if key == "ppl_ratio" else max(vals, key=lambda r: r.avg_acc)
+
+
+def _over_calibrations(r: Row) -> tuple[float, float] | None:
+    """A method's geometric-mean ppl× and mean average accuracy over every calibration's plan, when all of
+    them are measured (a partial mean would compare different calibrations)."""
+    if r.n_calibrations < 2 or len(r.ppl_ratio_all) < r.n_calibrations or len(r.acc_all) < r.n_calibrations:
+        return None
+    return geomean(r.ppl_ratio_all), sum(r.acc_all) / len(r.acc_all)
+
+
+def all_calibration_claims(cells: Sequence[Sequence[Row]], noise: float | None) -> list[str]:
+    """The papers' claims counted again over ``cells`` (each cell's rows, as ``Study.rows`` gives them) with
+    each method judged by all its calibrations' plans, not by the reference calibration's alone. Why: one
+    calibration is one draw; a plan that wins only on it is luck of the corpus and seed, and the stability
+    tables show such plans differ from draw to draw."""
+    ppl: dict[str, list[bool]] = {"entro": [], "mi": [], "mi_vs_entro": []}
+    acc: dict[str, list[float]] = {"entro": [], "mi": []}
+    k = 0
+    for rows in cells:
+        sg = next((r for r in rows if r.method == "shortgpt"), None)
+        base = _over_calibrations(sg) if sg else None
+        if sg is None or base is None:
+            continue
+        k = max(k, sg.n_calibrations)
+        fams = {fam: [v for r in rows if family(r.method) == f and (v := _over_calibrations(r))]
+                for fam, f in (("entro", "entrodrop"), ("mi", "mi"))}
+        for fam, vals in fams.items():
+            if vals:
+                ppl[fam].append(min(v[0] for v in vals) < base[0])
+                acc[fam].append(max(v[1] for v in vals) - base[1])
+        if fams["entro"] and fams["mi"]:
+            ppl["mi_vs_entro"].append(min(v[0] for v in fams["mi"]) < min(v[0] for v in fams["entro"]))
+    if not ppl["entro"] and not ppl["mi"]:
+        return []
+
+    def said(fam: str) -> str:
+        text = f"in {sum(ppl[fam])} of {len(ppl[fam])} cells by perplexity and {sum(d > 0 for d in acc[fam])} by " \
+               "average accuracy"
+        return text + (f" ({sum(d > noise for d in acc[fam])} beyond ±{noise:.3f})" if noise is not None else "")
+
+    parts = [f"EntroDrop beats ShortGPT {said('entro')}"] if ppl["entro"] else []
+    parts += [f"MI-PRUN beats ShortGPT {said('mi')}"] if ppl["mi"] else []
+    parts += [f"MI-PRUN beats EntroDrop in {sum(ppl['mi_vs_entro'])} of {len(ppl['mi_vs_entro'])} cells by "
+              "perplexity"] if ppl["mi_vs_entro"] else []
+    return [f"- *The same claims over all {k} calibrations* (each method's geometric-mean ppl× and mean average "
+            f"accuracy over its plans from every calibration, cells where all are measured): {'; '.join(parts)}."]
+
+
+def _accuracy_wins(wins: list[tuple[str, str, int, Row, Row]], noise: float) -> list[str]:
+    """The accuracy wins over ShortGPT beyond the noise, each with the task that moved most and both
+    perplexities: a win carried by one task, at a worse perplexity, is not the papers' claim holding."""
+    out, held = [], 0
+    for m, gran, n, top, sg in wins:
+        if top.avg_acc is None or sg.avg_acc is None or top.avg_acc - sg.avg_acc <= noise:
+            continue
+        moved = {t: a - sg.accuracy[t] for t, a in top.accuracy.items() if t in sg.accuracy}
+        task = max(moved, key=lambda t: abs(moved[t])) if moved else None
+        text = f"  - {m}, {n} {gran}s: {display(top.method)} {fmt(top.avg_acc, 3)} vs ShortGPT {fmt(sg.avg_acc, 3)}"
+        if task is not None and len(moved) > 1:
+            rest = [t for t in moved if t != task]
+            a, b = (sum(r.accuracy[t] for t in rest) / len(rest) for r in (top, sg))
+            text += f"; largest task change {task} {moved[task]:+.2f}, without it {fmt(a, 3)} vs {fmt(b, 3)}"
+            held += a - b > noise
+        out.append(text + f"; ppl× {fmt(top.ppl_ratio)} vs {fmt(sg.ppl_ratio)}")
+    if not out:
+        return []
+    return [f"- Accuracy wins over ShortGPT beyond the noise: {len(out)}; {held} of them still ahead by more than "
+            f"±{noise:.3f} with the task that moved most left out. Each with the perplexity its plan paid:", *out]
+
+
+def floor_lines(study: Study) -> list[str]:
+    """Dense accuracy against what needs no model, and how many pruned plans fall to that floor: the
+    accuracy differences between methods live in the gap between the two."""
+    _, chance = study.baseline_accuracy("chance")
+    _, constant = study.baseline_accuracy("constant")
+    if chance is None or constant is None:
+        return []
+    noise = study.accuracy_noise()
+    out = [f"- *What the accuracies are worth*: on the scored documents a random guess averages {fmt(chance, 3)} "
+           f"and always giving the best answer position (in hindsight, per task) {fmt(constant, 3)}."]
+    for m in study.models:
+        dense = study.avg_accuracy(study.dense(m))
+        if dense is None:
+            continue
+        accs = [a for k, ev in study.evaluations.items() if k.startswith(f"{m}|") and k != plan_key(m, "", None)
+                and (a := study.avg_accuracy(ev)) is not None]
+        text = f"  - {m}: dense {fmt(dense, 3)}, {dense - chance:+.3f} above chance"
+        if accs:
+            text += (f"; of its {len(accs)} pruned plans with lm-eval results, {sum(a <= constant for a in accs)} "
+                     "score no more than the best constant answer")
+            if noise is not None:
+                text += f" and {sum(a <= chance + noise[1] for a in accs)} are within ±{noise[1]:.3f} of chance"
+        out.append(text + ".")
+    return out
+
+
+def correlation_lines(study: Study) -> list[str]:
+    """One summary bullet: how well perplexity ranks plans, and which tasks do not react at all."""
+    parts, flat = [], []
+    for m in study.models:
+        plans = study.measured_plans(m)
+        n = len(plans)
+        if n < 3:
+            continue
+        rho = study.ppl_accuracy_correlation(m, plans)
+        parts.append(f"{fmt(rho['avg'])} ({m}, {n} plans)")
+        quiet = [t for t in study.tasks if rho[t] is None or abs(rho[t]) < 2 / math.sqrt(n - 1)]  # type: ignore[arg-type]
+        if quiet:
+            flat.append(f"{', '.join(quiet)} ({m})")
+    if not parts:
+        return []
+    text = f"- *Does perplexity rank plans as average accuracy does?* Spearman ρ = {'; '.join(parts)}"
+    if flat:
+        text += "; tasks whose accuracy does not follow perplexity (|ρ| under two null standard errors): " + \
+            "; ".join(flat)
+    return [text + "."]
