@@ -17,8 +17,8 @@ import sys
 from collections.abc import Callable, Sequence
 
 from blockprune.env import apply_env_defaults
+from blockprune.errors import BlockpruneError
 from blockprune.tracking.compare import CompareConfig, build, render_terminal, write_report
-from blockprune.tracking.tracker import TrackingUnavailableError
 
 apply_env_defaults()  # before mlflow is imported (the package imports it only when runs are read)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per plan.json is noise
@@ -68,12 +68,8 @@ def main(argv: Sequence[str] | None = None, echo: Callable[[str], None] = print)
     cfg = config_from_args(args)
     try:
         cmp = build(cfg)
-    except (ValueError, KeyError, TrackingUnavailableError) as e:
+    except BlockpruneError as e:  # bad filters, no such experiment, a store that cannot be read
         print(f"blockprune compare: error: {e}", file=sys.stderr)
-        return 2
-    except Exception as e:  # an unreachable server or a broken store: say so, no traceback
-        print(f"blockprune compare: error: cannot read runs from {cfg.tracking_uri or 'the default store'}: {e}",
-              file=sys.stderr)
         return 2
     echo(render_terminal(cmp))
     if cfg.out:

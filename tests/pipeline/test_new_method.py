@@ -20,7 +20,7 @@ def throwaway_method():
     other file mentions, fed by a streaming statistic the store already has."""
 
     @register_method(NAME, "block", "highest", "relative_magnitude", "test: highest relative magnitude",
-                     stat="relmag", label="most change (test)", family="base")
+                     stat="relmag", label="most change (test)", family="mi")
     def _most_change(n_blocks, n_prune, *, block_scores, **_):
         return select_highest(block_scores, n_prune)
 
@@ -50,6 +50,16 @@ def test_sweep_validation_and_grid_accept_it(throwaway_method) -> None:
     names = [t.name for t in spec.trials]
     assert f"{NAME}/layer/k=2" in names and f"{NAME}/attention/k=4" in names
     assert not any(n.startswith("mi_fbs") and "attention" in n for n in names)  # a run method stays at layers
+
+
+def test_the_study_names_and_groups_it_from_its_spec(throwaway_method) -> None:
+    from blockprune.study.spec import parse_spec
+    from blockprune.study.tables import display, family
+
+    spec = parse_spec({"models": {"smollm2-135m": {"layer": [2]}}, "methods": {"layer": [NAME, "shortgpt"]}})
+    (trial, _) = spec.trials(spec.models[0])
+    assert trial.method == NAME and trial.estimator is None
+    assert display(NAME) == "most change (test)" and family(NAME) == "mi"
 
 
 def test_an_unregistered_method_is_refused_with_the_known_names() -> None:

@@ -12,9 +12,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from blockprune.errors import BadInputError
 from blockprune.selection.plan import PrunePlan
 from blockprune.tracking.compare.comparison import JOB_KIND, TRIAL_KIND, CompareConfig, DenseRow, PlanRow
-from blockprune.tracking.tracker import check_store, default_tracking_uri
+from blockprune.tracking.tracker import TrackingUnavailableError, check_store, default_tracking_uri
 
 
 def _client(uri: str) -> Any:
@@ -27,7 +28,7 @@ def _experiment(client: Any, name: str) -> Any:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         names = sorted(e.name for e in client.search_experiments())
-        raise ValueError(f"no MLflow experiment named {name!r} at this tracking URI; known: {', '.join(names) or 'none'}")
+        raise BadInputError(f"no MLflow experiment named {name!r} at this tracking URI; known: {', '.join(names) or 'none'}")
     return exp
 
 
@@ -37,7 +38,7 @@ def resolve_parent(client: Any, experiment_id: str, ref: str) -> str:
         runs = client.search_runs([experiment_id], f"tags.`blockprune.kind` = '{JOB_KIND}'",
                                   order_by=["attributes.start_time DESC"], max_results=1)
         if not runs:
-            raise ValueError("no job (parent) runs in this experiment")
+            raise BadInputError("no job (parent) runs in this experiment")
         return runs[0].info.run_id
     try:
         return client.get_run(ref).info.run_id
@@ -46,7 +47,7 @@ def resolve_parent(client: Any, experiment_id: str, ref: str) -> str:
         runs = client.search_runs([experiment_id], f"attributes.run_name = '{escaped}'",
                                   order_by=["attributes.start_time DESC"], max_results=1)
         if not runs:
-            raise ValueError(f"no run with id or name {ref!r} in this experiment") from None
+            raise BadInputError(f"no run with id or name {ref!r} in this experiment") from None
         return runs[0].info.run_id
 
 
@@ -88,11 +89,23 @@ def plan_row(run: Any, plan: PrunePlan | None) -> PlanRow:
 
 
 def fetch(cfg: CompareConfig) -> tuple[str, str, str | None, list[PlanRow], list[DenseRow]]:
-    """(tracking URI, experiment id, parent run id, plan rows, dense rows) for a config."""
+    """(tracking URI, experiment id, parent run id, plan rows, dense rows) for a config.
+
+    A store that cannot be read (a broken database, a server that fails mid-way) is reported as
+    :class:`TrackingUnavailableError`, one line, instead of MLflow's traceback."""
+    from mlflow.exceptions import MlflowException
+
     uri = cfg.tracking_uri or default_tracking_uri()
     check_store(uri)
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
-        raise ValueError(f"no MLflow store at {uri}; pass --tracking-uri or run from the folder holding mlflow.db")
+        raise BadInputError(f"no MLflow store at {uri}; pass --tracking-uri or run from the folder holding mlflow.db")
+    try:
+        return _fetch(cfg, uri)
+    except (MlflowException, OSError) as e:
+        raise TrackingUnavailableError(f"cannot read runs from {uri}: {str(e).splitlines()[0]}") from e
+
+
+def _fetch(cfg: CompareConfig, uri: str) -> tuple[str, str, str | None, list[PlanRow], list[DenseRow]]:
     client = _client(uri)
     exp = _experiment(client, cfg.experiment)
     parent = resolve_parent(client, exp.experiment_id, cfg.parent_run) if cfg.parent_run else None

@@ -9,6 +9,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from blockprune.errors import BadInputError
 from blockprune.tracking.compare.comparison import (
     Agreement,
     Column,
@@ -145,7 +146,7 @@ def assemble(cfg: CompareConfig, uri: str, experiment_id: str, parent: str | Non
     """The comparison of the rows ``fetch`` read (no figures yet): sorted rows, columns, best marks, agreement."""
     if not rows:
         where = f"under parent run {parent}" if parent else f"in experiment {cfg.experiment!r}"
-        raise ValueError(f"no trial runs {where} match the filters")
+        raise BadInputError(f"no trial runs {where} match the filters")
     ordered = sorted(rows, key=lambda r: (r.model, r.granularity, r.n_prune, r.label, r.start_time))
     cols, common = split_common(ordered, columns_for(ordered))
     return Comparison(cfg, uri, experiment_id, parent, ordered, list(dense), cols, mark_best(ordered, cols),
