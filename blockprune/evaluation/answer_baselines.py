@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from blockprune.evaluation.lm_eval_tasks import load_leaf_tasks, resolve_task_names
+
 
 def gold_index(task: Any, doc: Any) -> int | list[int]:
     """The correct choice(s) of a document, read the way lm-eval's multiple-choice scoring reads them."""
@@ -47,7 +49,6 @@ def answer_baselines(tasks: Sequence[str], limit: int | None = None) -> dict[str
     """``{requested task: {"chance", "constant", "n"}}`` over the first ``limit`` documents of each task
     (per subject for MMLU groups, as :func:`~blockprune.evaluation.lm_eval_tasks.run_lm_eval` scores them).
     Unknown names raise :class:`~blockprune.evaluation.lm_eval_tasks.UnknownTaskError`."""
-    from blockprune.evaluation.lm_eval_tasks import load_leaf_tasks, resolve_task_names
 
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit}")

@@ -15,6 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from blockprune.env import apply_env_defaults
+from blockprune.study.report import write_report
+from blockprune.study.run import import_study_runs, run_study
+from blockprune.study.spec import StudySpecError, default_spec_path, load_spec, validate
+from blockprune.tracking.tracker import TrackingUnavailableError, check_store, default_tracking_uri
 
 apply_env_defaults()
 
@@ -55,10 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    from blockprune.study.report import write_report
-    from blockprune.study.run import import_study_runs, run_study
-    from blockprune.study.spec import StudySpecError, default_spec_path, load_spec, validate
-    from blockprune.tracking.tracker import TrackingUnavailableError, check_store, default_tracking_uri
 
     if args.max_minutes is not None and args.max_minutes <= 0:
         print("error: --max-minutes must be positive", file=sys.stderr)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blockprune.calibration.corpora import load_corpus
+from blockprune.calibration.windows import split_documents
+from blockprune.evaluation.lm_eval_tasks import run_lm_eval
 from blockprune.pipeline.config import EvalSettings
 from blockprune.pipeline.prepare import Prepared
 from blockprune.selection.plan import PrunePlan
@@ -54,7 +57,6 @@ def measure_model(model: Any, tokenizer: Any, windows: Any, ev: EvalSettings,
                     "rolling.bits_per_byte": roll.bits_per_byte}
     tasks: dict[str, dict[str, Any]] = {}
     if ev.tasks:
-        from blockprune.evaluation.lm_eval_tasks import run_lm_eval
 
         # JSON types only: the same record whether it is logged here or shipped back from a Ray actor
         tasks = json.loads(json.dumps(run_lm_eval(model, tokenizer, list(ev.tasks), limit=ev.limit,
@@ -83,8 +85,6 @@ def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> Evaluation
     ev = p.job.evaluation
     held = None
     if ev.rolling_docs:
-        from blockprune.calibration.corpora import load_corpus
-        from blockprune.calibration.windows import split_documents
 
         held = split_documents(load_corpus(p.eval_corpus, p.job.text_field))[1][: ev.rolling_docs]
     return measure_model(model, p.tokenizer, p.eval_windows, ev, held, progress)

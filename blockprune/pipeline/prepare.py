@@ -19,6 +19,7 @@ from blockprune.calibration.store import ActivationStore, clear_stale_partials, 
 from blockprune.calibration.windows import TokenWindows, calibration_windows, heldout_windows
 from blockprune.env import cache_dir
 from blockprune.errors import BadInputError
+from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 from blockprune.models.adapters import Adapter, adapter_for_config
 from blockprune.models.zoo import ResolvedModel, load_tokenizer, resolve_model
 from blockprune.pipeline.config import JobConfig, TrialSpec
@@ -78,7 +79,6 @@ def prepare(job: JobConfig) -> Prepared:
         validate_trial(t, n_layers)
     ev = job.evaluation
     if ev.tasks:
-        from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 
         resolve_task_names(list(ev.tasks))
     tokenizer = load_tokenizer(resolved)

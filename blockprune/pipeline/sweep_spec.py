@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from blockprune.calibration.corpora import known_corpora
+from blockprune.evaluation.lm_eval_tasks import resolve_task_names
+from blockprune.models.adapters import adapter_for_config
+from blockprune.models.zoo import resolve_model
 from blockprune.pipeline.config import (
     ActorPlacement,
     CalibrationEntry,
@@ -32,6 +36,7 @@ from blockprune.pipeline.config import (
     parse_trials,
     read_yaml,
 )
+from blockprune.selection import METHODS
 
 SPEC_KEYS = {"name", "models", "calibration", "capture", "methods", "estimators", "estimator_params", "n_prune",
              "granularity", "trials", "evaluation", "placement", "scoring", "dtype", "store_root", "save_dir",
@@ -121,8 +126,6 @@ def load_spec(path: str | Path) -> SweepSpec:
 def validate_spec(spec: SweepSpec, resolve_models: bool = True) -> None:
     """Every check that needs no cluster: estimators, methods, corpora, models and their block counts."""
     from blockprune import estimators
-    from blockprune.calibration.corpora import known_corpora
-    from blockprune.selection import METHODS
 
     for t in spec.trials:
         METHODS.get(t.method)
@@ -133,15 +136,12 @@ def validate_spec(spec: SweepSpec, resolve_models: bool = True) -> None:
         if corpus is not None and corpus not in bundled and not Path(corpus).exists():
             raise SpecError(f"unknown corpus {corpus!r}; known: {', '.join(known_corpora())}")
     if spec.evaluation.tasks:
-        from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 
         resolve_task_names(list(spec.evaluation.tasks))
     if not resolve_models:
         return
     from transformers import AutoConfig
 
-    from blockprune.models.adapters import adapter_for_config
-    from blockprune.models.zoo import resolve_model
     from blockprune.pipeline.prepare import validate_trial
 
     for m in spec.models:

@@ -9,6 +9,7 @@ from typing import Any
 
 from blockprune.study.markdown import fmt
 from blockprune.study.tables import Row, Study, display, family
+from blockprune.tracking.figures import dropped_grid_figure
 
 FAMILIES = (("base", "ShortGPT and baselines"), ("entrodrop", "EntroDrop"), ("mi", "MI-PRUN"))  # one panel each
 MARKERS = "osD^vPX"  # shrinking markers of distinct shapes: methods that chose the same plans stay visible
@@ -130,7 +131,6 @@ def dropped_figure(study: Study, model: str, granularity: str, n_prune: int, n_b
     import matplotlib
 
     matplotlib.use("Agg")
-    from blockprune.tracking.figures import dropped_grid_figure
 
     rows = study.rows(model, granularity, n_prune)
     return dropped_grid_figure([display(r.method) for r in rows], n_blocks, [r.blocks for r in rows],

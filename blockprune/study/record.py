@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from blockprune.errors import BadInputError
-from blockprune.tracking.tracker import GIT_TAG, git_commit
+from blockprune.tracking.tracker import GIT_TAG, ensure_experiment, flatten, git_commit
 
 KIND, KEY, STUDY, FINGERPRINT = "study.kind", "study.key", "study.name", "study.fingerprint"
 IDENTITY_TAGS = (KIND, KEY, STUDY, FINGERPRINT)  # set by StudyLog.start, never copied from a ledger
@@ -96,7 +96,6 @@ class StudyLog:
     def __init__(self, tracking_uri: str, experiment: str, study: str, fingerprint: str) -> None:
         from mlflow import MlflowClient
 
-        from blockprune.tracking.tracker import ensure_experiment
 
         ensure_experiment(tracking_uri, experiment)
         self.client = MlflowClient(tracking_uri=tracking_uri)
@@ -135,7 +134,6 @@ class StudyLog:
             all_tags["mlflow.parentRunId"] = parent
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
         if params:
-            from blockprune.tracking.tracker import flatten
 
             items = list(flatten(dict(params)).items())
             from mlflow.entities import Param

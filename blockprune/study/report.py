@@ -26,7 +26,7 @@ from blockprune.study.sections import (
     model_section,
     stability_section,
 )
-from blockprune.study.spec import StudySpec
+from blockprune.study.spec import StudySpec, validate
 from blockprune.study.tables import Study
 
 
@@ -135,8 +135,6 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
 
 
 def write_report(spec: StudySpec, tracking_uri: str, out: str | Path, command: str) -> Path:
-    from blockprune.study.spec import validate
-
     out = Path(out)
     n_blocks = validate(spec)
     study, runs = load_study(spec, tracking_uri)

@@ -23,6 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from blockprune.calibration.corpora import load_corpus
+from blockprune.calibration.windows import heldout_windows
+from blockprune.evaluation.answer_baselines import answer_baselines
+from blockprune.evaluation.lm_eval_tasks import run_lm_eval
+from blockprune.models.adapters import adapter_for
+from blockprune.models.zoo import load_model, load_tokenizer, resolve_model
+from blockprune.pipeline.config import EvalSettings, JobConfig
+from blockprune.selection.plan import PrunePlan
+from blockprune.selection.topk import TooFewBlocksError
 from blockprune.study.record import (
     DENSE,
     ImportCounts,
@@ -37,7 +46,7 @@ from blockprune.study.record import (
     plan_key,
     trial_key,
 )
-from blockprune.study.spec import ModelGrid, StudySpec
+from blockprune.study.spec import ModelGrid, StudySpec, validate
 
 log = logging.getLogger(__name__)
 Echo = Callable[[str], None]
@@ -66,8 +75,6 @@ class Progress:
 
 
 def _job(spec: StudySpec, model: ModelGrid, cal: Any, trials: list[Any]) -> Any:
-    from blockprune.pipeline.config import EvalSettings, JobConfig
-
     return JobConfig(model=model.name, calibration=cal, trials=tuple(trials), capture=spec.capture_for(model),
                      evaluation=EvalSettings(windows=1), dtype=spec.dtype, store_root=spec.store_root)
 
@@ -75,10 +82,8 @@ def _job(spec: StudySpec, model: ModelGrid, cal: Any, trials: list[Any]) -> Any:
 def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadline, echo: Echo,
                models: dict[str, Any], reference: bool) -> None:
     """Capture (or reuse) the reference calibration's store (or the others') and make every selection."""
-    from blockprune.models.zoo import load_model
     from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path
     from blockprune.pipeline.scoring import score_and_select
-    from blockprune.selection.topk import TooFewBlocksError
 
     done = slog.by_key("selection")
     for m in spec.models:
@@ -154,7 +159,6 @@ def _plans(slog: StudyLog, spec: StudySpec, m: ModelGrid) -> list[tuple[str, str
 
 def _pruned(model: Any, resolved: Any, n_layers: int, granularity: str, blocks: tuple[int, ...]) -> Any:
     from blockprune.models.apply import apply_plan
-    from blockprune.selection.plan import PrunePlan
 
     pruned = copy.deepcopy(model)
     apply_plan(pruned, PrunePlan(model_id=resolved.name, revision=resolved.revision, n_blocks=n_layers,
@@ -205,12 +209,8 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
     "ppl": of every distinct plan; "tasks-reference": lm-eval of the dense model and the reference plans;
     "tasks": lm-eval of every plan in the spec's ``lm_eval_scope``. lm-eval alternates between models and
     takes a model's plans from the lowest perplexity up (:func:`_ppl_order`)."""
-    from blockprune.calibration.corpora import load_corpus
-    from blockprune.calibration.windows import heldout_windows
     from blockprune.evaluation.cost import count_parameters
     from blockprune.evaluation.perplexity import chunk_perplexity
-    from blockprune.models.adapters import adapter_for
-    from blockprune.models.zoo import load_model, load_tokenizer, resolve_model
 
     ev = spec.evaluation
     tasks_tag = ev.tasks_tag
@@ -285,8 +285,6 @@ def _tasks_by_limit(ev: Any) -> dict[int | None, list[str]]:
 
 
 def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
-    from blockprune.evaluation.lm_eval_tasks import run_lm_eval
-
     out: dict[str, float] = {}
     for lim, names in _tasks_by_limit(ev).items():
         res = run_lm_eval(model, tokenizer, names, limit=lim, batch_size=ev.batch_size,
@@ -301,7 +299,6 @@ def _lm_eval(model: Any, tokenizer: Any, ev: Any) -> dict[str, float]:
 def log_baselines(spec: StudySpec, slog: StudyLog, echo: Echo) -> None:
     """Chance and best-constant-answer accuracy of the documents lm-eval scores, once per set of documents
     (seconds, no model): the floor the report reads every accuracy against."""
-    from blockprune.evaluation.answer_baselines import answer_baselines
 
     ev = spec.evaluation
     key = baseline_key(ev.docs_tag)
@@ -329,7 +326,6 @@ STAGES = ("select-reference", "ppl-reference", "select", "baselines", "tasks-ref
 def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None = None,
               echo: Echo = print) -> tuple[Progress, list[RunRecord]]:
     """Validate, select, evaluate; returns progress and every finished run of this study."""
-    from blockprune.study.spec import validate
 
     validate(spec)  # before any model loads
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)

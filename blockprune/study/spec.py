@@ -15,8 +15,12 @@ from typing import Any
 
 import yaml
 
+from blockprune.calibration.corpora import load_corpus
 from blockprune.calibration.settings import CaptureSettings
 from blockprune.errors import BadInputError
+from blockprune.evaluation.lm_eval_tasks import resolve_task_names
+from blockprune.models.adapters import adapter_for_config
+from blockprune.models.zoo import resolve_model
 from blockprune.pipeline.config import TrialSpec, check_keys
 from blockprune.selection.methods import METHODS
 from blockprune.selection.plan import CalibrationSettings
@@ -232,15 +236,11 @@ def validate(spec: StudySpec) -> dict[str, int]:
     """Every check that needs no forward pass; returns each model's number of layers."""
     from transformers import AutoConfig
 
-    from blockprune.calibration.corpora import load_corpus
-    from blockprune.models.adapters import adapter_for_config
-    from blockprune.models.zoo import resolve_model
     from blockprune.pipeline.prepare import validate_trial
 
     for c in dict.fromkeys(spec.corpora + spec.evaluation.corpora):
         load_corpus(c)
     if spec.evaluation.tasks:
-        from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 
         resolve_task_names([t for t, _ in spec.evaluation.tasks])
     depth = {}

@@ -24,7 +24,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
+from blockprune.selection import METHODS
+from blockprune.selection.fbs import brute_force_evaluations, contiguous_groups
 from blockprune.selection.plan import PrunePlan, parse_run_key, run_key
+from blockprune.tracking import figures as F
 from blockprune.tracking.figures import entropy_series
 from blockprune.tracking.figures import plan_label as _label
 from blockprune.tracking.tracker import Tracker, flatten
@@ -57,7 +60,6 @@ def trial_params(plan: PrunePlan, s_start: int | None = None) -> dict[str, Any]:
 
 def run_score_name(plan: PrunePlan) -> str:
     """What a plan's run scores measure (``mi``, ``angular_distance`` …), from the method registry."""
-    from blockprune.selection import METHODS
 
     try:
         return METHODS.get(plan.method).score or "score"
@@ -126,7 +128,6 @@ def log_plan_figures(tracker: Tracker, plan: PrunePlan) -> None:
     """Per-block curves, the entropy stages, and the run-score heatmap of one plan."""
     if not tracker.enabled:
         return
-    from blockprune.tracking import figures as F
 
     for name in plan.scores:
         tracker.log_figure(F.block_score_figure(plan, name), f"figures/score_{_safe(name)}.png")
@@ -145,7 +146,6 @@ def log_job_summary(tracker: Tracker, results: Sequence[Any], *, figures: bool =
     """
     if not tracker.enabled or not results:
         return
-    from blockprune.tracking import figures as F
 
     rows = [_result_row(r) for r in results]
     plans: list[PrunePlan] = [r["plan"] for r in rows]
@@ -280,9 +280,6 @@ def _series(plan: PrunePlan) -> dict[str, tuple[list[float], list[int] | None]]:
 
 
 def _scalars(plan: PrunePlan) -> dict[str, float]:
-    from blockprune.selection import METHODS
-    from blockprune.selection.fbs import brute_force_evaluations
-
     out: dict[str, float] = {"n_dropped": plan.n_prune, "n_blocks": plan.n_blocks}
     if plan.info.get("s_start") is not None:
         out["s_start"] = float(plan.info["s_start"])
@@ -313,7 +310,6 @@ def _log_tables(tracker: Tracker, plan: PrunePlan) -> None:
             "entropy": [h for _, (_, ys) in ent.items() for h in ys],
         }, "tables/entropy.json")
     if plan.run_scores:
-        from blockprune.selection.fbs import contiguous_groups
 
         chosen = {run_key(g) for g in contiguous_groups(plan.blocks)}
         keys = sorted(plan.run_scores, key=parse_run_key)
