@@ -16,7 +16,10 @@ merges the adapter from the final checkpoint with the same code as the in-proces
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ apply_env_defaults()
 log = logging.getLogger(__name__)
 
 STRATEGIES = ("ddp", "fsdp")
+OUTCOME_FILE = "outcome.json"
+LAST = "last.ckpt"
 
 
 @dataclass(frozen=True)
@@ -64,6 +69,14 @@ def check_resources(settings: RayHealSettings, info: Any) -> None:
         raise InsufficientResourcesError(
             f"healing asks for {settings.workers} worker(s) × {settings.cpus_per_worker:g} CPU = {need_cpu:g} CPUs, "
             f"the Ray cluster has {info.total_cpus:g}")
+
+
+def ray_preflight(settings: RayHealSettings) -> None:
+    """Connect to the cluster (or start a local one) and refuse a request it cannot hold."""
+    from blockprune.distributed.cluster import cluster_info, connect
+
+    connect(settings.address)
+    check_resources(settings, cluster_info())
 
 
 def _strategy(name: str, inputs: Any) -> Any:
@@ -107,7 +120,15 @@ def _train_loop(config: dict[str, Any]) -> None:
                          logger=mlflow_logger(config["mlflow"]) if rank == 0 else False,
                          progress=config["progress"] and rank == 0)
     outcome, _ = fit_lora(inputs, model, setup, world_size=world, resume=resume, prepare_trainer=prepare_trainer)
-    ray.train.report({"outcome": asdict(outcome), "rank": rank})
+    # Rank 0 reports the outcome and the final adapter checkpoint through Ray's storage, so the driver gets them
+    # even when it does not share a file system with rank 0. Every rank must call report (it is a barrier).
+    with tempfile.TemporaryDirectory(prefix="blockprune-heal-") as tmp:
+        checkpoint = None
+        if rank == 0:
+            (Path(tmp) / OUTCOME_FILE).write_text(json.dumps(asdict(outcome)))
+            shutil.copy2(outcome.checkpoint, Path(tmp) / LAST)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report({"steps": outcome.steps}, checkpoint=checkpoint)
 
 
 def fit_on_ray(inputs: Any, out_dir: str | Path, settings: RayHealSettings, *, mlflow: tuple[str, str, str] | None = None,
@@ -119,11 +140,9 @@ def fit_on_ray(inputs: Any, out_dir: str | Path, settings: RayHealSettings, *, m
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from blockprune.distributed.cluster import cluster_info, connect
     from blockprune.healing.run import FitOutcome
 
-    connect(settings.address)
-    check_resources(settings, cluster_info())
+    ray_preflight(settings)
     inputs.cfg.accumulation(settings.workers)  # the batch must split over the workers
     out_dir = Path(out_dir).resolve()
     use_gpu = settings.gpus_per_worker > 0
@@ -141,7 +160,15 @@ def fit_on_ray(inputs: Any, out_dir: str | Path, settings: RayHealSettings, *, m
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    data = dict(result.metrics["outcome"])
+    if result.checkpoint is None:
+        raise RuntimeError("the Ray Train run ended without reporting its result")
+    local = out_dir / "checkpoints" / LAST
+    local.parent.mkdir(parents=True, exist_ok=True)
+    with result.checkpoint.as_directory() as d:
+        data = json.loads((Path(d) / OUTCOME_FILE).read_text())
+        if not local.exists() or not local.samefile(Path(d) / LAST):
+            shutil.copy2(Path(d) / LAST, local)
     data["history"] = [tuple(h) for h in data["history"]]
     data["val_history"] = [tuple(h) for h in data["val_history"]]
+    data["checkpoint"] = str(local)
     return FitOutcome(**data)

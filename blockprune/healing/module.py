@@ -68,24 +68,23 @@ class HealingModule(pl.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self(batch["input_ids"]).loss
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite training loss at step {self.global_step}")
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step + 1}")
         self._acc_loss += float(loss.detach())
         self._acc_n += 1
+        if self._acc_n == self.trainer.accumulate_grad_batches:  # last micro-batch of this optimizer step
+            self._record_step()
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if self._acc_n < self.trainer.accumulate_grad_batches:
-            return
+    def _record_step(self) -> None:
+        """Mean loss of the step over all micro-batches and ranks, logged before callbacks checkpoint the step."""
         mean = torch.tensor(self._acc_loss / self._acc_n, device=self.device, dtype=torch.float64)
-        mean = self.trainer.strategy.reduce(mean, reduce_op="mean")
+        value = float(self.trainer.strategy.reduce(mean, reduce_op="mean"))
         self._acc_loss, self._acc_n = 0.0, 0
-        step = self.global_step  # already incremented by the optimizer step that just happened
-        value = float(mean)
+        step = self.global_step + 1  # the optimizer step this batch completes
         self.history.append((step, value))
         lr = self.trainer.optimizers[0].param_groups[0]["lr"] if self.trainer.optimizers else float("nan")
         self.log("loss", value, prog_bar=True, logger=False)
-        self._to_loggers({"train/loss": value, "train/lr": lr,
-                          "train/tokens": step * self.cfg.tokens_per_step}, step)
+        self._to_loggers({"train/loss": value, "train/lr": lr, "train/tokens": step * self.cfg.tokens_per_step}, step)
 
     def _to_loggers(self, metrics: dict[str, float], step: int) -> None:
         if self.trainer.is_global_zero:

@@ -109,6 +109,8 @@ class FitOutcome:
     val_history: list[tuple[int, dict[str, float]]] = field(default_factory=list)
     checkpoint: str | None = None
     trainable_params: int = 0
+    world_size: int = 1
+    accumulation: int = 1
 
 
 def mlflow_logger(target: tuple[str, str, str] | None) -> Any:
@@ -155,7 +157,8 @@ def fit_lora(inputs: HealInputs, model: Any, setup: TrainerSetup, world_size: in
     peft_model.eval()
     outcome = FitOutcome(steps=step, tokens=step * cfg.tokens_per_step, seconds=seconds, stopped=stop.reason,
                          history=list(module.history), val_history=list(module.val_history), checkpoint=str(ckpt),
-                         trainable_params=trainable_summary(peft_model)["trainable_params"])
+                         trainable_params=trainable_summary(peft_model)["trainable_params"],
+                         world_size=trainer.world_size, accumulation=trainer.accumulate_grad_batches)
     return outcome, peft_model
 
 

@@ -117,7 +117,7 @@ def build_trainer(cfg: HealConfig, setup: TrainerSetup, world_size: int = 1) -> 
     stop = StopControl(setup.ckpt_dir, cfg.minutes)
     periodic = ModelCheckpoint(dirpath=setup.ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.ckpt_every,
                                save_top_k=1, save_last=True, save_on_train_epoch_end=True)
-    callbacks: list[Any] = [stop, periodic, *setup.callbacks]
+    callbacks: list[Any] = [*setup.callbacks, stop, periodic]  # caller hooks see a step before the stop check
     if setup.progress:
         callbacks.append(TQDMProgressBar(refresh_rate=1))
     val_every = cfg.val_every * accum if cfg.val_every else None

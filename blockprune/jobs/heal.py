@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -141,11 +142,21 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     use_ray = args.ray or args.devices > 1 or args.workers is not None
     workers = args.workers or args.devices
-    if not use_ray:
-        check_devices(args.accelerator, args.devices)
+    gpus = args.gpus_per_worker
+    if gpus is None:
+        gpus = 1.0 if args.accelerator != "cpu" and torch.cuda.is_available() else 0.0
+    if not use_ray or not (args.address or os.environ.get("RAY_ADDRESS")):  # this machine's devices
+        check_devices(("gpu" if gpus > 0 else "cpu") if use_ray else args.accelerator, workers)
     tracker = Tracker(args.tracking_uri, args.experiment, enabled=not args.no_tracking)
     tracker.check()
     source = resolve_source(pruned=args.pruned, plan=args.plan, model=args.model)
+    if not args.no_dense:
+        from blockprune.models.zoo import resolve_model
+
+        try:
+            resolve_model(source.model or source.plan.model_id)
+        except ValueError as e:
+            raise BadInputError(f"the dense model for the ÷ dense ratios cannot be found ({e}); pass --no-dense") from None
     out_dir = _out_dir(args, source)
     resume = None
     if args.resume:
@@ -158,9 +169,6 @@ def run(args: argparse.Namespace) -> int:
     if use_ray:
         from blockprune.distributed.heal import RayHealSettings, fit_on_ray
 
-        gpus = args.gpus_per_worker
-        if gpus is None:
-            gpus = 1.0 if args.accelerator != "cpu" and torch.cuda.is_available() else 0.0
         settings = RayHealSettings(workers=workers, gpus_per_worker=gpus, cpus_per_worker=args.cpus_per_worker,
                                    strategy=args.strategy, max_failures=args.max_failures, address=args.address)
         cfg.accumulation(workers)
@@ -170,6 +178,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         fit = local_fit(args.accelerator, args.devices)
     inputs = prepare_heal(source, cfg, world_size=workers if use_ray else args.devices)
+    if use_ray:
+        from blockprune.distributed.heal import ray_preflight
+
+        ray_preflight(settings)  # connects (or starts a local cluster) and checks its CPUs/GPUs
     parent = args.trial_run or (find_trial_run(tracker, source.pruned_path) if source.pruned_path else None)
     tags = {"heal.backend": "ray" if use_ray else "local", "heal.devices": workers if use_ray else args.devices}
     try:
