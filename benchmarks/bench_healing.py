@@ -129,19 +129,19 @@ def main() -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args()
     args.corpora = [c for c in args.corpora.split(",") if c]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "args": vars(args)}
     rows = []
     for spec in args.models.split(","):
         model, k = spec.split(":")
         rows.append(run_one(model, int(k), args))
         print(table(rows[-1:]), flush=True)
-    text = table(rows)
-    print("\n" + text)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "args": vars(args)}
-    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    out.with_suffix(".md").write_text(text + "\n")
+        text = table(rows)  # written after every model: a long run keeps what it finished
+        out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+        out.with_suffix(".md").write_text(text + "\n")
+    print("\n" + table(rows))
     print(f"wrote {out}")
     return 0
 
