@@ -129,7 +129,9 @@ class HealingModule(pl.LightningModule):
 
     # ---- checkpoints ----------------------------------------------------------------------
     def _trainable_keys(self) -> set[str]:
-        return {name for name, p in self.named_parameters() if p.requires_grad}
+        """State-dict names of the LoRA tensors (FSDP's wrapper segments removed: its full state dict has none)."""
+        names = (name for name, p in self.named_parameters() if p.requires_grad)
+        return {n.replace("_fsdp_wrapped_module.", "").replace("_checkpoint_wrapped_module.", "") for n in names}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         keep = self._trainable_keys()

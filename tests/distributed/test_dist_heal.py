@@ -17,8 +17,6 @@ import pytest
 import torch
 from dist_helpers import require_private_netns
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
 
 def _tiny(tmp: Path) -> tuple[Any, Any]:
     import sys
@@ -31,6 +29,8 @@ def _tiny(tmp: Path) -> tuple[Any, Any]:
     return path, tiny_config(steps=4, val_every=2, micro_batch=2, batch_size=4)
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_two_ray_workers_match_one_process(ray_local: Any, tmp_path: Path) -> None:
     require_private_netns()
     from blockprune.distributed.heal import RayHealSettings, fit_on_ray
@@ -65,3 +65,37 @@ def test_two_ray_workers_match_one_process(ray_local: Any, tmp_path: Path) -> No
     assert logit_diff <= 1e-3
     # the adapter actually moved (so agreement is not two untouched copies)
     assert max(float(v.abs().max()) for k, v in state_ray.items() if "lora_B" in k) > 1e-3
+
+
+@pytest.mark.unit
+def test_resource_requests_beyond_the_cluster_are_refused() -> None:
+    from blockprune.distributed.cluster import ClusterInfo, InsufficientResourcesError, NodeInfo
+    from blockprune.distributed.heal import RayHealSettings, check_resources
+
+    info = ClusterInfo("127.0.0.1:6379", True, (NodeInfo("a", "10.0.0.1", 8, 2, True), NodeInfo("b", "10.0.0.2", 8, 2, True)))
+    check_resources(RayHealSettings(workers=4, gpus_per_worker=1, strategy="fsdp"), info)
+    with pytest.raises(InsufficientResourcesError, match="= 5 GPUs, the Ray cluster has 4"):
+        check_resources(RayHealSettings(workers=5, gpus_per_worker=1), info)
+    with pytest.raises(InsufficientResourcesError, match="= 17 CPUs, the Ray cluster has 16"):
+        check_resources(RayHealSettings(workers=17), info)
+    with pytest.raises(ValueError, match="fsdp shards over GPUs"):
+        RayHealSettings(workers=2, strategy="fsdp")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("family", "layer_cls"), [("llama", "LlamaDecoderLayer"), ("gemma3_text", "Gemma3DecoderLayer")])
+def test_fsdp_wraps_each_decoder_layer(family: str, layer_cls: str) -> None:
+    """The FSDP option shards at decoder-layer granularity (built here; running it needs GPUs)."""
+    from types import SimpleNamespace
+
+    from transformers import AutoConfig
+
+    from blockprune.distributed.heal import _strategy
+
+    cfg = AutoConfig.for_model(family)
+    strategy = _strategy("fsdp", SimpleNamespace(source=SimpleNamespace(config=cfg)))
+    assert type(strategy).__name__ == "RayFSDPStrategy"
+    policy = strategy.kwargs["auto_wrap_policy"]  # Lightning turns the class set into a ModuleWrapPolicy
+    assert {c.__name__ for c in policy._module_classes} == {layer_cls}
+    assert strategy.kwargs["use_orig_params"] and strategy.sharding_strategy.name == "FULL_SHARD"
+    assert strategy._state_dict_type == "full"  # the driver merges from a full (gathered) adapter state
