@@ -344,6 +344,28 @@ def heal(inputs: HealInputs, out_dir: str | Path, *, fit: FitFn | None = None, t
     return result
 
 
+def precheck_heal(model: str, cfg: HealConfig) -> None:
+    """The checks a sweep can run for its ``heal:`` settings before any trial exists (no plan yet, no weights):
+    LoRA target names against the model's architecture, the training split against the budget."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from blockprune.models.zoo import resolve_model
+
+    resolved = resolve_model(model)
+    resolve_targets(AutoConfig.from_pretrained(resolved.path), cfg.lora.targets)
+    tok = AutoTokenizer.from_pretrained(resolved.path)
+    train = training_windows(tok, [load_corpus(c, cfg.text_field) for c in cfg.corpora], cfg.seq_len)
+    check_budget(train, cfg.total_steps, cfg.batch_size, cfg.seq_len)
+
+
+def heal_plan(plan: Any, model: str, cfg: HealConfig, out_dir: str | Path, **kwargs: Any) -> HealResult:
+    """Heal ``plan`` applied to ``model`` (what a sweep trial does after selection); ``kwargs`` go to :func:`heal`
+    (``tracker``, ``parent_run_id`` = the trial's run id, ``dense``, ``progress``, ``fit``)."""
+    from blockprune.healing.source import resolve_source
+
+    return heal(prepare_heal(resolve_source(plan=plan, model=model), cfg), out_dir, **kwargs)
+
+
 __all__ = ["FitOutcome", "HealInputs", "HealResult", "HealingInterrupted", "adapter_state", "check_devices",
-           "dense_perplexities", "finish", "fit_lora", "heal", "last_checkpoint", "local_fit", "merge_from_checkpoint",
-           "peft_from_checkpoint", "perplexities", "prepare_heal", "write_summary"]
+           "dense_perplexities", "finish", "fit_lora", "heal", "heal_plan", "last_checkpoint", "local_fit", "merge_from_checkpoint",
+           "peft_from_checkpoint", "perplexities", "precheck_heal", "prepare_heal", "write_summary"]

@@ -85,3 +85,15 @@ def test_tokens_budget_sets_the_step_count() -> None:
     with pytest.raises(ValueError, match="unknown key"):
         HealConfig.from_spec({"stepz": 5})
     assert HealConfig.from_dict(HealConfig().to_dict()) == HealConfig()
+
+
+def test_sweep_precheck_needs_no_plan_and_no_weights() -> None:
+    from blockprune.healing.config import LoraSettings
+    from blockprune.healing.lora import UnknownTargetModuleError
+    from blockprune.healing.run import precheck_heal
+
+    precheck_heal("smollm2-135m", HealConfig(corpora=("lee-news",), steps=10))
+    with pytest.raises(NotEnoughTrainingTokensError):
+        precheck_heal("smollm2-135m", HealConfig(corpora=("lee-news",), steps=10_000))
+    with pytest.raises(UnknownTargetModuleError, match="c_attn"):
+        precheck_heal("smollm2-135m", HealConfig(corpora=("lee-news",), steps=10, lora=LoraSettings(targets=("c_attn",))))
