@@ -273,7 +273,14 @@ FitFn = Callable[[HealInputs, Path, "tuple[str, str, str] | None", "str | Path |
 
 
 def local_fit(accelerator: str = "auto", devices: int = 1) -> FitFn:
-    """A fit function training in this process (``devices`` GPUs of this machine, or the CPU)."""
+    """A fit function training in this process, on one device (more: :func:`blockprune.distributed.heal.fit_on_ray`).
+
+    Why not Lightning's own multi-device launch here: it re-executes the calling script once per device,
+    which would repeat the perplexity measurements and the MLflow run around training.
+    """
+    if devices != 1:
+        raise BadInputError(f"in-process healing uses one device, got {devices}; train through Ray for more "
+                            "(blockprune heal --devices N does)")
 
     def fit(inputs: HealInputs, out_dir: Path, mlflow: tuple[str, str, str] | None, resume: str | Path | None,
             progress: bool) -> tuple[FitOutcome, Any]:
