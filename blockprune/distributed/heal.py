@@ -71,12 +71,13 @@ def check_resources(settings: RayHealSettings, info: Any) -> None:
             f"the Ray cluster has {info.total_cpus:g}")
 
 
-def ray_preflight(settings: RayHealSettings) -> None:
-    """Connect to the cluster (or start a local one) and refuse a request it cannot hold."""
-    from blockprune.distributed.cluster import cluster_info, connect
+def ray_preflight(settings: RayHealSettings) -> Any:
+    """Connect to the cluster (or start a local one), refuse a request it cannot hold; returns its ClusterInfo."""
+    from blockprune.distributed.cluster import connect
 
-    connect(settings.address)
-    check_resources(settings, cluster_info())
+    info = connect(settings.address)
+    check_resources(settings, info)
+    return info
 
 
 def _strategy(name: str, inputs: Any) -> Any:

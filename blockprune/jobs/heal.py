@@ -178,13 +178,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         fit = local_fit(args.accelerator, args.devices)
     inputs = prepare_heal(source, cfg, world_size=workers if use_ray else args.devices)
-    if use_ray:
-        from blockprune.distributed.heal import ray_preflight
-
-        ray_preflight(settings)  # connects (or starts a local cluster) and checks its CPUs/GPUs
     parent = args.trial_run or (find_trial_run(tracker, source.pruned_path) if source.pruned_path else None)
     tags = {"heal.backend": "ray" if use_ray else "local", "heal.devices": workers if use_ray else args.devices}
+    started_ray = False
     try:
+        if use_ray:
+            from blockprune.distributed.heal import ray_preflight
+
+            started_ray = ray_preflight(settings).started_local  # connects or starts a cluster, checks its devices
         result = heal(inputs, out_dir, fit=fit, tracker=tracker, parent_run_id=parent, resume=resume,
                       dense=not args.no_dense, progress=not args.quiet, tags=tags)
     except HealingInterrupted as e:
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"blockprune: {e}", file=sys.stderr)
         return 130
     finally:
-        if use_ray:
+        if started_ray:  # a cluster this command started; one it joined keeps running
             from blockprune.distributed.cluster import shutdown
 
             shutdown()

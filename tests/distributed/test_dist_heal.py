@@ -99,3 +99,29 @@ def test_fsdp_wraps_each_decoder_layer(family: str, layer_cls: str) -> None:
     assert {c.__name__ for c in policy._module_classes} == {layer_cls}
     assert strategy.kwargs["use_orig_params"] and strategy.sharding_strategy.name == "FULL_SHARD"
     assert strategy._state_dict_type == "full"  # the driver merges from a full (gathered) adapter state
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_cli_devices_2_trains_through_ray_and_logs_from_the_rank0_worker(ray_local: Any, tmp_path: Path) -> None:
+    """``blockprune heal --devices 2``: Ray Train on the running cluster; Lightning's MLflow logger on rank 0."""
+    require_private_netns()
+    from mlflow import MlflowClient
+
+    from blockprune.jobs import heal as heal_job
+
+    path, _ = _tiny(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    rc = heal_job.main(["--pruned", str(path), "--out", str(tmp_path / "healed"), "--devices", "2", "--accelerator",
+                        "cpu", "--corpus", "lee-news", "--seq-len", "64", "--batch-size", "4", "--micro-batch", "2",
+                        "--steps", "3", "--rank", "4", "--eval-windows", "2", "--val-windows", "2", "--val-every", "3",
+                        "--tracking-uri", uri, "--no-dense", "--quiet"])
+    assert rc == 0
+    import ray
+
+    assert ray.is_initialized()  # the CLI joined the fixture's cluster and left it running
+    client = MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("blockprune").experiment_id])
+    assert run.data.tags["heal.backend"] == "ray" and run.data.tags["heal.devices"] == "2"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == [1, 2, 3]
+    assert "ppl_after.lee-news" in run.data.metrics
