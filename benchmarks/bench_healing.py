@@ -113,7 +113,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="smollm2-135m:8,gemma3-270m:4", help="model:k pairs")
     p.add_argument("--corpora", default=",".join(CORPORA), help="training corpora (their training splits)")
-    p.add_argument("--steps", default="smollm2-135m:80,gemma3-270m:40", help="steps, or model:steps pairs")
+    p.add_argument("--steps", default="smollm2-135m:80,gemma3-270m:30", help="steps, or model:steps pairs")
     p.add_argument("--minutes", type=float, default=None, help="per-model training time cap")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--micro-batch", type=int, default=2)
