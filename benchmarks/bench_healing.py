@@ -70,7 +70,7 @@ def run_one(model: str, k: int, args: argparse.Namespace) -> dict:
         shutil.rmtree(out_dir)
     t0 = time.perf_counter()
     result = heal(inputs, out_dir, dense=True, progress=not args.quiet)
-    row = {"model": model, "plan": {"method": "shortgpt", "granularity": "layer", "blocks": list(source.plan.blocks)},
+    row = {"model": model, "plan_path": str(plan_path), "plan": {"method": "shortgpt", "granularity": "layer", "blocks": list(source.plan.blocks)},
            "budget": {"steps": result.fit.steps, "tokens": result.fit.tokens, "train_minutes": result.fit.seconds / 60,
                       "stopped": result.fit.stopped or "completed", "batch": cfg.batch_size, "seq_len": cfg.seq_len,
                       "lr": cfg.lr, "rank": cfg.lora.rank, "alpha": cfg.lora.alpha, "train_corpora": list(cfg.corpora),
@@ -88,6 +88,36 @@ def run_one(model: str, k: int, args: argparse.Namespace) -> dict:
     return row
 
 
+def run_control(row: dict, args: argparse.Namespace) -> None:
+    """The same LoRA budget on the DENSE model (an empty plan): how much of "healing" is adaptation to the
+    training corpora' domain rather than repair. Adds ``ppl_dense_lora`` and healed ÷ dense-LoRA to ``row``."""
+    from blockprune.healing.config import HealConfig, LoraSettings
+    from blockprune.healing.run import heal, prepare_heal
+    from blockprune.healing.source import resolve_source
+    from blockprune.selection.plan import PrunePlan
+
+    model = row["model"]
+    b = row["budget"]
+    plan_path = row.get("plan_path") or Path(args.plan_dir) / f"{model}-shortgpt-{len(row['plan']['blocks'])}.json"
+    n_layers = json.loads(Path(plan_path).read_text())["n_blocks"]
+    plan = PrunePlan(model_id=model, n_blocks=n_layers, blocks=(), method="none")
+    cfg = HealConfig(corpora=tuple(b["train_corpora"]), eval_corpora=CORPORA, seq_len=b["seq_len"], batch_size=b["batch"],
+                     micro_batch=args.micro_batch, steps=b["steps"], lr=b["lr"], warmup_steps=args.warmup,
+                     val_every=0, eval_windows=args.eval_windows, ckpt_every=25, seed=0,
+                     lora=LoraSettings(rank=b["rank"], alpha=b["alpha"]))
+    out_dir = Path(args.work_dir) / f"{model}-dense-lora"
+    if out_dir.exists():
+        import shutil
+
+        shutil.rmtree(out_dir)
+    result = heal(prepare_heal(resolve_source(plan=plan, model=model), cfg), out_dir, dense=False,
+                  progress=not args.quiet)
+    row["ppl_dense_lora"] = result.ppl_after
+    row["control_minutes"] = result.fit.seconds / 60
+    row["ratio_healed_vs_dense_lora"] = {c: row["ppl_healed"][c] / result.ppl_after[c] for c in CORPORA}
+    row["ratio_pruned_vs_dense_lora"] = {c: row["ppl_pruned"][c] / result.ppl_after[c] for c in CORPORA}
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| model | plan | corpus | dense ppl | pruned ÷ dense | healed ÷ dense | log-gap recovered |",
              "|---|---|---|---:|---:|---:|---:|"]
@@ -98,6 +128,15 @@ def table(rows: list[dict]) -> str:
                          f"×{r['ratio_healed'][c]:.2f} | {r['log_gap_recovered'][c]:.0%} |")
         lines.append(f"| {r['model']} | {plan} | **geomean** | | ×{r['ratio_pruned_geomean']:.2f} | "
                      f"×{r['ratio_healed_geomean']:.2f} | {r['log_gap_recovered_geomean']:.0%} |")
+    controlled = [r for r in rows if "ppl_dense_lora" in r]
+    if controlled:
+        lines += ["", "Control — the same LoRA budget on the dense model (domain adaptation, not repair):", "",
+                  "| model | corpus | dense ppl | dense + LoRA ppl | pruned ÷ (dense + LoRA) | healed ÷ (dense + LoRA) |",
+                  "|---|---|---:|---:|---:|---:|"]
+        for r in controlled:
+            for c in CORPORA:
+                lines.append(f"| {r['model']} | {c} | {r['ppl_dense'][c]:.2f} | {r['ppl_dense_lora'][c]:.2f} | "
+                             f"×{r['ratio_pruned_vs_dense_lora'][c]:.2f} | ×{r['ratio_healed_vs_dense_lora'][c]:.2f} |")
     lines.append("")
     for r in rows:
         b = r["budget"]
@@ -127,8 +166,21 @@ def main() -> int:
     p.add_argument("--work-dir", default="/tmp/blockprune-bench-healing")
     p.add_argument("--out", default=str(RESULTS / "bench_healing.json"))
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--control", action="store_true",
+                   help="instead: train the dense models with each row's budget and add the control to --out")
     args = p.parse_args()
     args.corpora = [c for c in args.corpora.split(",") if c]
+    if args.control:
+        out = Path(args.out)
+        data = json.loads(out.read_text())
+        wanted = {spec.split(":")[0] for spec in args.models.split(",")}
+        for row in data["rows"]:
+            if row["model"] in wanted:
+                run_control(row, args)
+                out.write_text(json.dumps(data, indent=1) + "\n")
+                out.with_suffix(".md").write_text(table(data["rows"]) + "\n")
+        print(table(data["rows"]))
+        return 0
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": f"{platform.machine()}, {os.cpu_count()} cores (shared)", "torch": torch.__version__,

@@ -115,7 +115,7 @@ def build_trainer(cfg: HealConfig, setup: TrainerSetup, world_size: int = 1) -> 
     """A Trainer that runs ``cfg.total_steps`` optimizer steps of ``cfg.batch_size`` windows."""
     accum = cfg.accumulation(world_size)
     stop = StopControl(setup.ckpt_dir, cfg.minutes)
-    periodic = ModelCheckpoint(dirpath=setup.ckpt_dir, filename="step-{step}", every_n_train_steps=cfg.ckpt_every,
+    periodic = ModelCheckpoint(dirpath=setup.ckpt_dir, filename="{step}", every_n_train_steps=cfg.ckpt_every,
                                save_top_k=1, save_last=True, save_on_train_epoch_end=True)
     callbacks: list[Any] = [*setup.callbacks, stop, periodic]  # caller hooks see a step before the stop check
     if setup.progress:

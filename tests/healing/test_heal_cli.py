@@ -127,7 +127,7 @@ def test_ctrl_c_exits_130_and_resume_finishes_the_same_mlflow_run(tokenizer: Any
             "--tracking-uri", uri, "--no-dense", *TINY, "--ckpt-every", "1"]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not list((out / "checkpoints").glob("step-*.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
+    while not list((out / "checkpoints").glob("step=*.ckpt")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=300)
