@@ -37,19 +37,31 @@ class TokenWindows:
         return int(self.input_ids.size)
 
 
-def split_documents(corpus: Corpus) -> tuple[list[str], list[str]]:
-    """(calibration, held-out) documents; held-out = every 10th distinct document, at least one.
+def distinct_documents(corpus: Corpus) -> list[str]:
+    """The corpus's documents with exact duplicates dropped (first occurrence kept); the ids that
+    :func:`split_document_ids` returns index this list."""
+    return list(dict.fromkeys(corpus.documents))
 
-    Exact duplicate documents are dropped first (the Lee corpus has some): a duplicate on both
-    sides would leak held-out text into calibration.
+
+def split_document_ids(corpus: Corpus) -> tuple[list[int], list[int]]:
+    """(calibration, held-out) ids into :func:`distinct_documents`; held-out = every 10th, at least one.
+
+    Exact duplicates are dropped first (the Lee corpus has some): a duplicate on both sides would
+    leak held-out text into calibration (or into healing's training windows, which use the same split).
     """
-    docs = list(dict.fromkeys(corpus.documents))
-    if len(docs) < 2:
+    n = len(distinct_documents(corpus))
+    if n < 2:
         raise CorpusTooShortError(f"corpus {corpus.name!r} needs at least 2 distinct documents to hold one out")
-    held_idx = {i for i in range(len(docs)) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1} or {len(docs) - 1}
-    calib = [d for i, d in enumerate(docs) if i not in held_idx]
-    held = [d for i, d in enumerate(docs) if i in held_idx]
-    return calib, held
+    held = [i for i in range(n) if i % HELDOUT_EVERY == HELDOUT_EVERY - 1] or [n - 1]
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], held
+
+
+def split_documents(corpus: Corpus) -> tuple[list[str], list[str]]:
+    """(calibration, held-out) documents: the texts of :func:`split_document_ids`."""
+    docs = distinct_documents(corpus)
+    calib, held = split_document_ids(corpus)
+    return [docs[i] for i in calib], [docs[i] for i in held]
 
 
 def token_stream(tokenizer: Any, documents: list[str]) -> np.ndarray:

@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "calibrate": ("calibrate", "capture, score, select, prune and evaluate one model"),
     "evaluate": ("evaluate", "measure a model, dense or with a plan applied (perplexity, lm-eval, speed)"),
     "sweep": ("sweep", "many models × calibrations × trials on a Ray cluster"),
+    "heal": ("heal", "LoRA recovery fine-tuning of a pruned model (Lightning; Ray Train for N devices)"),
     "compare": ("compare", "compare prune plans logged to MLflow (table, agreement, Markdown + HTML report)"),
     "study": ("study", "the results study: every method on the bundled models → docs/RESULTS.md"),
 }
