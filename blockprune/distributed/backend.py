@@ -137,10 +137,32 @@ class RayBackend:
     def counters(self) -> tuple[int, int]:
         return self._scoring.counters() if self._scoring is not None else (0, 0)
 
+    def heal(self, p: Prepared, plan: PrunePlan, out_dir: str, tracker: Any, parent_run_id: str | None,
+             progress: bool) -> dict[str, Any]:
+        """LoRA-heal one plan in a Ray task with the model actor's resources (the actors are released first,
+        so a one-GPU node can heal). More devices per healing: ``blockprune heal --devices N``."""
+        import ray
+
+        self.close()
+        placement = self.settings.placement
+        task = ray.remote(_heal_task).options(num_gpus=self.num_gpus or 0, num_cpus=placement.num_cpus,
+                                              max_retries=0)
+        return ray.get(task.remote(plan, p.resolved.name, p.job.heal, out_dir, tracker, parent_run_id, progress))
+
     def close(self) -> None:
         if self.group is not None:
             self.group.close()
             self.group = None
+
+
+def _heal_task(plan: PrunePlan, model: str, cfg: Any, out_dir: str, tracker: Any, parent_run_id: str | None,
+               progress: bool) -> dict[str, Any]:
+    from blockprune.env import apply_env_defaults
+    from blockprune.healing.run import heal_plan
+
+    apply_env_defaults()
+    return heal_plan(plan, model, cfg, out_dir, tracker=tracker, parent_run_id=parent_run_id, dense=True,
+                     progress=progress).to_dict()
 
 
 # ------------------------------------------------------------------------------ one job, for a sweep

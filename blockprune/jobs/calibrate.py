@@ -90,6 +90,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="default float32")
     p.add_argument("--device-map", default=None, help="accelerate device_map, e.g. auto (default: CPU, one piece)")
     p.add_argument("--save-dir", default=None, help="save each pruned model under this folder")
+    p.add_argument("--heal-steps", type=int, default=None,
+                   help="LoRA-heal each pruned model for this many steps after measuring it (other settings: the "
+                        "'heal:' section of --config, or `blockprune heal`)")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default blockprune)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
@@ -155,6 +158,8 @@ def job_dict(args: argparse.Namespace) -> dict[str, Any]:
         _set(d, path, getattr(args, flag))
     if args.seed is not None:
         _set(d, "capture.seed", args.seed)
+    if args.heal_steps is not None:
+        _set(d, "heal.steps", args.heal_steps)
     if args.batch_size is not None:
         _set(d, "evaluation.batch_size", args.batch_size)
     if not d.get("model"):
@@ -188,7 +193,10 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         print(json.dumps({"trial": r.trial.name, "blocks": list(r.plan.blocks), "granularity": r.plan.granularity,
                           "ppl_dense": round(r.metrics["ppl_dense"], 4), "ppl_pruned": round(r.metrics["ppl_pruned"], 4),
-                          "mlflow_run": r.run_id, "saved_to": r.saved_to}))
+                          "mlflow_run": r.run_id, "saved_to": r.saved_to}
+                         | ({"healed": {k: round(v, 4) for k, v in r.healed["metrics"].items()
+                                        if k.startswith("ppl_ratio_after.")},
+                             "healed_to": r.healed["merged_path"]} if r.healed else {})))
     if args.plan_out and results:
         results[0].plan.save(args.plan_out)
         print(f"[blockprune] plan written to {args.plan_out}")

@@ -43,6 +43,9 @@ class Backend(Protocol):
 
     def counters(self) -> tuple[int, int]: ...
 
+    def heal(self, p: Prepared, plan: PrunePlan, out_dir: str, tracker: Any, parent_run_id: str | None,
+             progress: bool) -> dict[str, Any]: ...
+
     def close(self) -> None: ...
 
 
@@ -83,6 +86,16 @@ class LocalBackend:
 
     def counters(self) -> tuple[int, int]:
         return self._scorers.counters()
+
+    def heal(self, p: Prepared, plan: PrunePlan, out_dir: str, tracker: Any, parent_run_id: str | None,
+             progress: bool) -> dict[str, Any]:
+        """LoRA-heal one plan in this process (the model is released first: healing loads its own copy)."""
+        from blockprune.healing.run import heal_plan
+
+        self.model = None
+        assert p.job.heal is not None
+        return heal_plan(plan, p.resolved.name, p.job.heal, out_dir, tracker=tracker, parent_run_id=parent_run_id,
+                         dense=True, progress=progress).to_dict()
 
     def close(self) -> None:
         self.model = None

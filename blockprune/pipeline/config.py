@@ -14,6 +14,7 @@ Sections (YAML / JSON)::
     methods / estimators / estimator_params / n_prune / granularity      a grid of trials
     trials              explicit trials: method, n_prune, granularity, estimator, estimator_params, s_start
     evaluation          corpus, windows, seq_len, tasks, limit, batch_size, latency, samples, rolling_docs
+    heal                LoRA healing of each trial's pruned model: steps, tokens, lr, rank, corpora, …
     placement, scoring  Ray model actors and scoring tasks (ignored by a local run)
     tracking            uri, experiment, enabled
     dtype, device_map, store_root, save_dir, text_field
@@ -29,6 +30,7 @@ from typing import Any
 
 from blockprune.calibration.settings import CaptureSettings
 from blockprune.errors import BadInputError
+from blockprune.healing.config import HealConfig
 from blockprune.selection.methods import METHODS
 from blockprune.selection.plan import GRANULARITIES, CalibrationSettings
 
@@ -332,6 +334,7 @@ class JobConfig:
     store_root: str | None = None
     save_dir: str | None = None
     text_field: str | None = None
+    heal: HealConfig | None = None  # LoRA healing of every trial's pruned model, after all trials are measured
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -343,7 +346,19 @@ class JobConfig:
 
 JOB_KEYS = {"model", "calibration", "capture", "methods", "estimators", "estimator_params", "n_prune",
             "granularity", "trials", "evaluation", "dtype", "device_map", "store_root", "save_dir", "text_field",
-            "tracking", "placement", "scoring"}
+            "tracking", "placement", "scoring", "heal"}
+
+
+def parse_heal(d: Any, where: str = "heal") -> HealConfig | None:
+    """A ``heal:`` section (``{steps: 200, lr: 2e-4, rank: 16, corpora: [...]}``); absent or null = no healing."""
+    if d is None or d is False:
+        return None
+    if d is True:
+        d = {}
+    try:
+        return HealConfig.from_spec(check_keys(d, HealConfig.SPEC_KEYS, where))
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"{where}: {e}") from None
 
 
 def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
@@ -381,4 +396,4 @@ def parse_job(d: Mapping[str, Any], where: str = "the job config") -> JobConfig:
         "model": model, "calibration": cal.settings, "trials": trials, "capture": cal.capture,
         "evaluation": parse_evaluation(d.get("evaluation")), "dtype": d.get("dtype", "float32"),
         "device_map": d.get("device_map"), "store_root": d.get("store_root"), "save_dir": d.get("save_dir"),
-        "text_field": cal.text_field}, where)
+        "text_field": cal.text_field, "heal": parse_heal(d.get("heal"))}, where)

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from blockprune.env import cache_dir
 from blockprune.pipeline.backend import Backend, LocalBackend
 from blockprune.pipeline.config import JobConfig, TrialSpec
-from blockprune.pipeline.evaluate import Evaluation
+from blockprune.pipeline.evaluate import Evaluation, pruned_name
 from blockprune.pipeline.prepare import Prepared, prepare
 from blockprune.pipeline.records import TrialResult, job_params, job_tags, store_tags, trial_record
 from blockprune.pipeline.scoring import score_and_select
@@ -82,11 +85,27 @@ def run_job(job: JobConfig, backend: Backend | None = None, tracker: Tracker | N
             out.scores_computed, out.scoring_batches = backend.counters()
             tracker.log_metrics({"job_seconds": time.perf_counter() - t_start, "scores_computed": out.scores_computed,
                                  "scoring_batches": out.scoring_batches})
+        if job.heal is not None:
+            heal_all(p, backend, out.results, tracker, progress, echo)
         echo(f"[blockprune] MLflow: {tracker.describe(parent_id)}")
         return out
     finally:
         out.seconds = time.perf_counter() - t_start
         backend.close()
+
+
+def heal_all(p: Prepared, backend: Backend, results: list[TrialResult], tracker: Tracker, progress: bool,
+             echo: Echo) -> None:
+    """LoRA-heal every trial's pruned model once all trials are measured, each as a ``heal`` child run of its
+    trial run; the merged models go under ``save_dir`` (or the cache), one folder per trial run."""
+    root = Path(p.job.save_dir) if p.job.save_dir else Path(cache_dir()) / "healed"
+    for r in results:
+        dest = root / f"{pruned_name(p, r.plan)}-healed-{(r.run_id or uuid.uuid4().hex)[:8]}"
+        r.healed = backend.heal(p, r.plan, str(dest), tracker, r.run_id, progress)
+        m = r.healed["metrics"]
+        ratios = {k.removeprefix("ppl_ratio_after."): v for k, v in m.items() if k.startswith("ppl_ratio_after.")}
+        echo(f"[blockprune] {r.trial.name}: healed ({m['steps']:.0f} steps, {m['tokens_trained']:,.0f} tokens) · "
+             + ", ".join(f"{c} ×{v:.2f} of dense" for c, v in ratios.items()))
 
 
 def _run_trial(p: Prepared, backend: Backend, store: Any, trial: TrialSpec, dense: dict[str, float],

@@ -81,6 +81,10 @@ def prepare(job: JobConfig) -> Prepared:
     if ev.tasks:
 
         resolve_task_names(list(ev.tasks))
+    if job.heal is not None:
+        from blockprune.healing.run import precheck_heal
+
+        precheck_heal(job.model, job.heal)  # LoRA targets and the training budget, before any weights load
     tokenizer = load_tokenizer(resolved)
     cal = job.calibration
     corpus = load_corpus(cal.corpus, job.text_field)

@@ -23,6 +23,7 @@ class TrialResult:
     tasks: dict[str, dict[str, float]] = field(default_factory=dict)
     run_id: str | None = None
     saved_to: str | None = None
+    healed: dict[str, Any] | None = None  # the healing's summary (HealResult.to_dict()) when the job heals
 
 
 def job_params(p: Prepared, engine: str, engine_settings: Mapping[str, Any]) -> dict[str, Any]:

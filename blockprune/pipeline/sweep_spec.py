@@ -13,6 +13,7 @@ from typing import Any
 
 from blockprune.calibration.corpora import known_corpora
 from blockprune.evaluation.lm_eval_tasks import resolve_task_names
+from blockprune.healing.config import HealConfig
 from blockprune.models.adapters import adapter_for_config
 from blockprune.models.zoo import resolve_model
 from blockprune.pipeline.config import (
@@ -31,6 +32,7 @@ from blockprune.pipeline.config import (
     parse_calibration,
     parse_capture,
     parse_evaluation,
+    parse_heal,
     parse_placement,
     parse_tracking,
     parse_trials,
@@ -40,7 +42,7 @@ from blockprune.selection import METHODS
 
 SPEC_KEYS = {"name", "models", "calibration", "capture", "methods", "estimators", "estimator_params", "n_prune",
              "granularity", "trials", "evaluation", "placement", "scoring", "dtype", "store_root", "save_dir",
-             "tracking", "max_concurrent_jobs", "text_field"}
+             "tracking", "max_concurrent_jobs", "text_field", "heal"}
 MODEL_KEYS = {"name", "dtype"} | keys_of(ActorPlacement)
 
 
@@ -65,6 +67,7 @@ class SweepSpec:
     store_root: str | None = None
     save_dir: str | None = None
     max_concurrent_jobs: int | None = None
+    heal: HealConfig | None = None
 
     def jobs(self) -> list[tuple[str, JobConfig, ModelEntry]]:
         """(job name, JobConfig, model entry) for every model × calibration."""
@@ -75,7 +78,7 @@ class SweepSpec:
                 name = f"{m.name}@{cal.corpus}:{cal.n_samples}x{cal.seq_len}:s{cal.seed}"
                 job = JobConfig(model=m.name, calibration=cal, trials=self.trials, capture=c.capture,
                                 evaluation=self.evaluation, dtype=m.dtype, store_root=self.store_root,
-                                save_dir=self.save_dir, text_field=c.text_field)
+                                save_dir=self.save_dir, text_field=c.text_field, heal=self.heal)
                 out.append((name, job, m))
         return out
 
@@ -115,6 +118,7 @@ def parse_spec(d: dict[str, Any], name: str = "sweep") -> SweepSpec:
         store_root=d.get("store_root"),
         save_dir=d.get("save_dir"),
         max_concurrent_jobs=mcj,
+        heal=parse_heal(d.get("heal")),
     )
 
 

@@ -83,3 +83,17 @@ def test_a_file_that_is_not_a_mapping(tmp_path) -> None:
         job_from_args(build_parser().parse_args(["--config", str(path)]))
     with pytest.raises(SpecError, match="does not exist"):
         job_from_args(build_parser().parse_args(["--config", str(tmp_path / "none.yaml")]))
+
+
+def test_heal_section_and_flag(tmp_path) -> None:
+    job, _ = _job(tmp_path)
+    assert job.heal is None
+    job, _ = _job(tmp_path, "--heal-steps", "20")
+    assert job.heal is not None and job.heal.steps == 20 and job.heal.lora.rank == 16
+    d = {**JOB, "heal": {"steps": 5, "rank": 4, "corpora": ["lee-news"], "lr": 1e-3}}
+    heal = parse_job(d).heal
+    assert (heal.steps, heal.lora.rank, heal.corpora, heal.lr) == (5, 4, ("lee-news",), 1e-3)
+    with pytest.raises(SpecError, match=r"unknown key\(s\) \['rnak'\] in heal"):
+        parse_job({**JOB, "heal": {"rnak": 4}})
+    with pytest.raises(SpecError, match="heal: .*steps must be >= 1"):
+        parse_job({**JOB, "heal": {"steps": 0}})

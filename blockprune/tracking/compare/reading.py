@@ -8,11 +8,13 @@ experiment stays fast.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from blockprune.errors import BadInputError
+from blockprune.healing.tracking import healed_metrics
 from blockprune.selection.plan import PrunePlan
 from blockprune.tracking.compare.comparison import JOB_KIND, TRIAL_KIND, CompareConfig, DenseRow, PlanRow
 from blockprune.tracking.tracker import TrackingUnavailableError, check_store, default_tracking_uri
@@ -116,6 +118,7 @@ def _fetch(cfg: CompareConfig, uri: str) -> tuple[str, str, str | None, list[Pla
     runs = [r for r in runs if keep_run(cfg, r.data.params, r.data.tags)]
     rows = [plan_row(r, _load_plan(client, r.info.run_id)) for r in runs]
     rows = [r for r in rows if keep_row(cfg, r)]
+    add_healed(rows, client)
     dense: list[DenseRow] = []
     for pid in dict.fromkeys(r.parent_run_id for r in rows if r.parent_run_id):
         try:
@@ -127,6 +130,32 @@ def _fetch(cfg: CompareConfig, uri: str) -> tuple[str, str, str | None, list[Pla
             model = prun.data.tags.get("model") or prun.data.params.get("model", "?")
             dense.append(DenseRow(pid, model, dm))
     return uri, exp.experiment_id, parent, rows, dense
+
+
+def healed_columns(h: dict[str, Any]) -> dict[str, float]:
+    """A trial's latest healing as three numbers over its evaluation corpora: perplexity ÷ dense before and
+    after healing (geometric means, measured by the healing run on the same windows) and the share of the
+    log-perplexity gap it recovered (mean)."""
+    def values(prefix: str) -> list[float]:
+        return [float(v) for k, v in h.items() if k.startswith(prefix) and isinstance(v, int | float)]
+
+    out: dict[str, float] = {}
+    for key, prefix in (("healed.ppl_ratio_before", "ppl_ratio_before."), ("healed.ppl_ratio", "ppl_ratio_after.")):
+        if vals := values(prefix):
+            out[key] = math.exp(sum(math.log(v) for v in vals) / len(vals))
+    if gaps := values("log_gap_recovered."):
+        out["healed.gap_recovered"] = sum(gaps) / len(gaps)
+    if "tokens_trained" in h:
+        out["healed.tokens"] = float(h["tokens_trained"])
+    return out
+
+
+def add_healed(rows: list[PlanRow], client: Any) -> None:
+    """Put each healed trial's healing numbers beside its pruned ones (``healed.*`` metrics)."""
+    healed = healed_metrics([r.run_id for r in rows], client=client) if rows else {}
+    for r in rows:
+        if r.run_id in healed:
+            r.metrics.update(healed_columns(healed[r.run_id]))
 
 
 def keep_run(cfg: CompareConfig, params: dict[str, str], tags: dict[str, str]) -> bool:

@@ -60,6 +60,11 @@ def columns_for(rows: Sequence[PlanRow]) -> list[Column]:
             cols.append(Column(key, f"{t} {m}", "max", ".3f",
                                dense=lambda d, t=t, m=m: d.metrics.get(f"{t}.{m}")))
     cols += [
+        Column("healed.ppl_ratio_before", "heal: ppl ×dense before", "min", ".3f"),
+        Column("healed.ppl_ratio", "healed ppl ×dense", "min", ".3f"),
+        Column("healed.gap_recovered", "log-gap recovered %", "max", ".0f",
+               get=lambda r: None if (v := _num(r.metrics.get("healed.gap_recovered"))) is None else 100 * v),
+        Column("healed.tokens", "heal tokens", None, "d"),
         Column("latency.prefill_tokens_per_s", "prefill tok/s", "max", ".1f"),
         Column("latency.decode_tokens_per_s", "decode tok/s", "max", ".1f"),
         Column("exact_scores", "exact scores", None, "d"),
