@@ -159,6 +159,9 @@ class StoreWriter:
                 raise OverflowError(
                     f"activations at {name} exceed the float16 range ({top:.3g}); capture with store dtype float32"
                 )
+        if name in self.released:  # written again after release (a second pass over it): map it again
+            self.released.remove(name)
+            self.arrays[name] = np.load(self.tmp / f"{name}.npy", mmap_mode="r+")
         self.arrays[name][start : start + len(rows)] = rows
 
     def release(self, name: str) -> None:

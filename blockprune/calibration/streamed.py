@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from blockprune.calibration.capture import (
     first_calibrated_position,
     sample_positions,
 )
+from blockprune.calibration.stats import BlockStats
 from blockprune.calibration.store import ActivationStore, StoreWriter, boundary_name
 from blockprune.calibration.windows import TokenWindows
 from blockprune.errors import BadInputError
@@ -142,6 +144,71 @@ def _budgets(device: torch.device, host_budget: int | None, device_budget: int |
     return host, dev
 
 
+def run_capture_streamed(
+    stream: LayerStream,
+    windows: TokenWindows,
+    positions: np.ndarray,
+    settings: CaptureSettings,
+    writer: Any,
+    window_subset: Iterable[int] | None = None,
+    *,
+    host_budget: int | None = None,
+    device_budget: int | None = None,
+    spill_dir: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, BlockStats]:
+    """The layer-major counterpart of :func:`~blockprune.calibration.capture.run_capture`: the same hooks,
+    batches and row writes, for the windows of ``window_subset`` (a contiguous range; default all).
+
+    ``writer`` is a StoreWriter or the Ray actors' RowWriter; boundaries that are complete after a
+    layer are released when the writer supports it.
+    """
+    ids = windows.input_ids
+    subset = np.arange(len(ids)) if window_subset is None else np.asarray(sorted(window_subset))
+    if np.any(np.diff(subset) != 1):
+        raise ValueError("a streamed capture part must be a contiguous window range")
+    first = int(subset[0])
+    n_layers = stream.n_layers
+    hooks = CaptureHooks(stream.adapter, settings, writer, n_layers, first_calibrated_position(windows, settings))
+    batches = capture_batches(positions, subset, ids.shape[1], settings.batch_size)
+    host, dev_budget = _budgets(stream.device, host_budget, device_budget)
+    release = getattr(writer, "release", None)
+    with torch.inference_mode():
+        stream.embed(ids[first : first + len(subset)], [(b.lo - first, b.hi - first) for b in batches], host,
+                     dev_budget, spill_dir)
+        stream.schedule([(i, None) for i in range(n_layers)])
+        for i in tqdm(range(n_layers), desc="streamed capture", unit="layer", disable=not progress):
+            with stream.layer(i) as layer:
+                hooks.attach(layer, i)
+                try:
+                    for b in batches:
+                        hooks.set_batch(b)
+                        stream.forward_layer(layer, i, b.lo - first, b.hi - first)
+                finally:
+                    hooks.detach()
+            if release is not None:
+                done = [boundary_name("h", 0)] if i == 0 else []
+                done += [boundary_name("h", i + 1)] + ([boundary_name("m", i)] if settings.capture_mid else [])
+                for name in done:
+                    release(name)
+    return hooks.stats
+
+
+def stream_report(stream: LayerStream) -> dict[str, Any]:
+    """What a streamed run read and where its hidden states lived (recorded in the manifest)."""
+    hs = stream.hidden
+    return {
+        "weight_bytes_read": stream.reader.bytes_read,
+        "weight_bytes_in_checkpoint": stream.reader.total_bytes(),
+        "tensors_read": len(stream.reader.reads),
+        "tensors_read_more_than_once": len(stream.reader.reread()),
+        "hidden_states": hs.where if hs is not None else None,
+        "hidden_state_bytes": hs.nbytes if hs is not None else 0,
+        "dtype": str(stream.dtype).removeprefix("torch."),
+        "device": str(stream.device),
+    }
+
+
 def capture_streamed(
     model_path: str | Path,
     adapter: Adapter | None,
@@ -163,10 +230,11 @@ def capture_streamed(
     ``model_path`` is a local folder with safetensors weights; ``adapter`` (optional) must be the one
     the folder's config resolves to. ``dtype``/``device`` are the compute dtype and device.
     ``host_budget``/``device_budget`` bound the windows' hidden states (bytes) before they spill to a
-    file in ``spill_dir``. The manifest records the path and the bytes of weights read.
+    file in ``spill_dir``; ``prefetch`` reads the next layer while one runs. The manifest records the
+    path taken and the bytes of weights read. Everything is checked before any weight is read.
     """
     dev = torch.device(device)
-    stream = LayerStream(model_path, dtype=dtype, device=dev, head=False, prefetch=prefetch)  # checks, reads nothing
+    stream = LayerStream(model_path, dtype=dtype, device=dev, head=False, prefetch=prefetch)
     if adapter is not None and adapter.family != stream.adapter.family:
         raise BadInputError(f"{model_path} is a {stream.adapter.family} model, not {adapter.family}")
     n_layers, hidden = stream.n_layers, stream.hidden_size
@@ -176,42 +244,16 @@ def capture_streamed(
     names = [boundary_name("h", i) for i in range(n_layers + 1)]
     if settings.capture_mid:
         names += [boundary_name("m", i) for i in range(n_layers)]
-    host, dev_budget = _budgets(dev, host_budget, device_budget)
     writer = StoreWriter(store_path, names, len(positions), hidden, settings.store_dtype)
-    hooks = CaptureHooks(stream.adapter, settings, writer, n_layers, first_calibrated_position(windows, settings))
-    batches = capture_batches(positions, np.arange(len(ids)), ids.shape[1], settings.batch_size)
     t0 = time.perf_counter()
     try:
-        with stream, torch.inference_mode():
-            hs = stream.embed(ids, [(b.lo, b.hi) for b in batches], host, dev_budget, spill_dir)
-            stream.schedule([(i, None) for i in range(n_layers)])
-            for i in tqdm(range(n_layers), desc="streamed capture", unit="layer", disable=not progress):
-                with stream.layer(i) as layer:
-                    hooks.attach(layer, i)
-                    try:
-                        for b in batches:
-                            hooks.set_batch(b)
-                            stream.forward_layer(layer, i, b.lo, b.hi)
-                    finally:
-                        hooks.detach()
-                for done in ([boundary_name("h", 0)] if i == 0 else []) + [boundary_name("h", i + 1)] + (
-                        [boundary_name("m", i)] if settings.capture_mid else []):
-                    writer.release(done)
+        with stream:
+            stats = run_capture_streamed(stream, windows, positions, settings, writer, host_budget=host_budget,
+                                         device_budget=device_budget, spill_dir=spill_dir, progress=progress)
             seconds = time.perf_counter() - t0
-            manifest = finish_manifest(writer, meta, windows, positions, settings, hooks.stats, n_layers, hidden,
-                                       seconds)
-            reread = stream.reader.reread()
+            manifest = finish_manifest(writer, meta, windows, positions, settings, stats, n_layers, hidden, seconds)
             manifest["capture_path"] = "streamed"
-            manifest["streamed"] = {
-                "weight_bytes_read": stream.reader.bytes_read,
-                "weight_bytes_in_checkpoint": stream.reader.total_bytes(),
-                "tensors_read": len(stream.reader.reads),
-                "tensors_read_more_than_once": len(reread),
-                "hidden_states": hs.where,
-                "hidden_state_bytes": hs.nbytes,
-                "dtype": dtype,
-                "device": str(dev),
-            }
+            manifest["streamed"] = stream_report(stream)
         store = writer.commit(manifest)
     except BaseException:
         writer.abort()
@@ -223,5 +265,5 @@ def capture_streamed(
 
 __all__ = [
     "RESIDENT_OVERHEAD", "CapturePath", "NotStreamableError", "capture_streamed", "choose_capture_path",
-    "fits_in_memory", "memory_budget", "weight_bytes",
+    "fits_in_memory", "memory_budget", "run_capture_streamed", "stream_report", "weight_bytes",
 ]

@@ -192,3 +192,27 @@ def test_path_decision_follows_the_budget(tiny_folders, tmp_path, caplog) -> Non
     assert not choose_capture_path("some-org/some-model", budget_bytes=1).streamed  # a hub id cannot stream
     with pytest.raises(NotStreamableError, match="config.json"):
         choose_capture_path(Path(tmp_path) / "nothing-here", streamed=True)
+
+
+def test_streamed_parts_through_the_actors_row_writer_merge_to_the_whole(tiny_folders, tmp_path) -> None:
+    """What a Ray model actor would run per part (contiguous window ranges, rows written with pwrite)."""
+    from blockprune.calibration.capture import finish_manifest
+    from blockprune.calibration.streamed import run_capture_streamed
+    from blockprune.distributed.capture import RowWriter, SharedStoreWriter, split_windows
+    from blockprune.models.layer_stream import LayerStream
+
+    model, folder = tiny_folders["qwen2"]
+    windows = _windows(n=10)
+    whole = capture(model, adapter_for(model), windows, tmp_path / "r", {}, SETTINGS, progress=False)
+    positions = whole.positions()
+    names = [f"h_{i:03d}" for i in range(7)] + [f"m_{i:03d}" for i in range(6)]
+    shared = SharedStoreWriter(tmp_path / "p", names, len(positions), 32, "float32")
+    stats = None
+    for part in split_windows(10, SETTINGS.batch_size, 2):
+        rows = RowWriter(shared.tmp, "float32")
+        with LayerStream(folder) as stream:
+            s = run_capture_streamed(stream, windows, positions, SETTINGS, rows, window_subset=part, progress=False)
+        rows.close()
+        stats = s if stats is None else {g: stats[g].merge(s[g]) for g in s}
+    manifest = finish_manifest(shared, {}, windows, positions, SETTINGS, stats, 6, 32, 0.0)
+    assert_same_store(whole, shared.commit(manifest), rel=1e-6)
