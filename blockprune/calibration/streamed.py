@@ -135,7 +135,7 @@ def choose_capture_path(model_path: str | Path, dtype: str = "float32", *, strea
 # ------------------------------------------------------------------------------ the capture
 
 
-def _budgets(device: torch.device, host_budget: int | None, device_budget: int | None) -> tuple[int, int]:
+def hidden_budgets(device: torch.device, host_budget: int | None, device_budget: int | None) -> tuple[int, int]:
     """Hidden-state budgets: a quarter of the free host memory / GPU memory unless given."""
     host = memory_budget("cpu") // 4 if host_budget is None else int(host_budget)
     dev = 0
@@ -171,7 +171,7 @@ def run_capture_streamed(
     n_layers = stream.n_layers
     hooks = CaptureHooks(stream.adapter, settings, writer, n_layers, first_calibrated_position(windows, settings))
     batches = capture_batches(positions, subset, ids.shape[1], settings.batch_size)
-    host, dev_budget = _budgets(stream.device, host_budget, device_budget)
+    host, dev_budget = hidden_budgets(stream.device, host_budget, device_budget)
     release = getattr(writer, "release", None)
     with torch.inference_mode():
         stream.embed(ids[first : first + len(subset)], [(b.lo - first, b.hi - first) for b in batches], host,

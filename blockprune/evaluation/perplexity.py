@@ -30,42 +30,24 @@ class PerplexityResult:
     kind: str = "chunk"
 
 
-def window_nll(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-    """NLL of each predicted token of (batch, seq_len) windows: position t predicts token t + 1 (BOS is context)."""
-    logp = torch.log_softmax(logits.float()[:, :-1], dim=-1)
-    target = input_ids[:, 1:].to(logp.device)
-    nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
-    if not torch.isfinite(nll).all():
-        raise FloatingPointError("non-finite log-likelihood while computing perplexity")
-    return nll
-
-
-class NllTotal:
-    """Sum of token NLLs over batches, in batch order; shared by resident and layer-streamed perplexity."""
-
-    def __init__(self) -> None:
-        self.total_nll = 0.0
-        self.n_tokens = 0
-
-    def add(self, nll: torch.Tensor) -> None:
-        self.total_nll += float(nll.sum())
-        self.n_tokens += nll.numel()
-
-    def result(self, windows: TokenWindows) -> PerplexityResult:
-        mean = self.total_nll / self.n_tokens
-        return PerplexityResult(math.exp(mean), mean, self.n_tokens, len(windows.input_ids),
-                                int(windows.input_ids.shape[1]))
-
-
 def chunk_perplexity(model: Any, windows: TokenWindows, batch_size: int = 4, progress: bool = True) -> PerplexityResult:
     device = input_device(model)
     ids = torch.from_numpy(windows.input_ids)
-    total = NllTotal()
+    total_nll = 0.0
+    total = 0
     with torch.inference_mode():
         for i in tqdm(range(0, len(ids), batch_size), desc="perplexity", disable=not progress):
             batch = ids[i : i + batch_size].to(device)
-            total.add(window_nll(model(input_ids=batch, use_cache=False).logits, batch))
-    return total.result(windows)
+            logits = model(input_ids=batch, use_cache=False).logits.float()
+            logp = torch.log_softmax(logits[:, :-1], dim=-1)
+            target = batch[:, 1:].to(logp.device)
+            nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+            if not torch.isfinite(nll).all():
+                raise FloatingPointError("non-finite log-likelihood while computing perplexity")
+            total_nll += float(nll.sum())
+            total += nll.numel()
+    mean = total_nll / total
+    return PerplexityResult(math.exp(mean), mean, total, len(ids), int(ids.shape[1]))
 
 
 @dataclass(frozen=True)
