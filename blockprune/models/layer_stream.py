@@ -244,10 +244,6 @@ class LayerStream:
         late = (self.adapter.final_norm_path + ".", self.adapter.lm_head_path + ".")
         return [n for n in self._keys if not n.startswith(layer_p) and not n.startswith(late)]
 
-    def weight_bytes(self, names: list[str] | None = None) -> int:
-        """Checkpoint bytes of the given parameters (default: all), each tensor counted once."""
-        return self.reader.total_bytes(sorted({self._keys[n] for n in (names or self._keys)}))
-
     def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
         """Checkpoint tensors of ``names``, cast to each meta parameter's dtype, on the host."""
         params = dict(self.model.named_parameters(remove_duplicate=False))
