@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED ?= 0
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test test-quick lint bench clean
+.PHONY: install demo test test-quick lint bench clean gpu-check gpu-check-dry-run
 
 install: $(STAMP)
 
@@ -29,6 +29,16 @@ test-quick: install
 
 lint: install
 	$(VENV)/bin/ruff check blockprune tests benchmarks
+
+# On a GPU machine only the working tree arrives (no registry): no install step, the image's python
+# (torch, transformers, accelerate) runs the check; here the venv's python does when it exists.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-check:
+	$(GPU_PY) benchmarks/gpu_check.py
+
+gpu-check-dry-run:
+	$(GPU_PY) benchmarks/gpu_check.py --dry-run
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -46,33 +46,79 @@ def sample_positions(n_windows: int, seq_len: int, n_rows: int, seed: int, skip_
     return np.stack([flat // per, flat % per + first], axis=1).astype(np.int64)
 
 
-class _Hooks:
-    """Forward hooks that feed the statistics and the store for one batch at a time."""
+@dataclass(frozen=True)
+class CaptureBatch:
+    """One batch of windows: a contiguous window range and the sample rows that fall in it.
 
-    def __init__(self, layers: Any, adapter: Adapter, settings: CaptureSettings, writer: StoreWriter | None,
+    ``row_start`` is the first store row of the batch (rows are sorted by window), and
+    ``flat_index`` the sampled tokens as (window − first window) × seq_len + position.
+    """
+
+    index: int
+    windows: np.ndarray
+    row_start: int
+    flat_index: np.ndarray
+
+    @property
+    def lo(self) -> int:
+        return int(self.windows[0])
+
+    @property
+    def hi(self) -> int:
+        return int(self.windows[-1]) + 1
+
+
+def capture_batches(positions: np.ndarray, window_ids: np.ndarray, seq_len: int, batch_size: int) -> list[CaptureBatch]:
+    """Batches of ``batch_size`` windows in order, each with its slice of the sorted sample positions."""
+    out = []
+    for k, i in enumerate(range(0, len(window_ids), batch_size)):
+        batch = window_ids[i : i + batch_size]
+        if np.any(np.diff(batch) != 1):
+            raise ValueError("window batches must be contiguous")
+        lo = int(np.searchsorted(positions[:, 0], batch[0], side="left"))
+        hi = int(np.searchsorted(positions[:, 0], batch[-1], side="right"))
+        sel = positions[lo:hi]
+        out.append(CaptureBatch(k, batch, lo, (sel[:, 0] - batch[0]) * seq_len + sel[:, 1]))
+    return out
+
+
+class CaptureHooks:
+    """Forward hooks that feed the statistics and the store, one layer and one batch at a time.
+
+    Shared by resident capture (hooks on every layer, batches in the outer loop) and layer-streamed
+    capture (:mod:`blockprune.calibration.streamed`: one layer attached at a time, batches in the inner
+    loop). Either way a layer's input norms are its predecessor's output norms of the same batch, kept
+    per batch until the next layer has used them, so both orders compute the same numbers.
+    """
+
+    def __init__(self, adapter: Adapter, settings: CaptureSettings, writer: StoreWriter | None,
                  n_layers: int, first_pos: int) -> None:
+        self.adapter = adapter
         self.settings = settings
         self.writer = writer
+        self.n_layers = n_layers
         self.first_pos = first_pos
         self.stats = {g: BlockStats(n_layers) for g in ("layer", "attention", "mlp")}
         self.handles: list[Any] = []
         self.mid: torch.Tensor | None = None
-        self.prev_norm: torch.Tensor | None = None
-        self.rows: tuple[int, torch.Tensor | None] = (0, None)  # (first row, flat indices per device)
+        self.prev_norm: dict[int, torch.Tensor] = {}  # batch index → norms of the current layer's input
+        self.batch: CaptureBatch | None = None
         self._index_cache: dict[torch.device, torch.Tensor] = {}
-        for i, layer in enumerate(layers):
-            self.handles.append(layer.register_forward_hook(self._layer_hook(i), with_kwargs=True))
-            if settings.capture_mid:
-                mid_mod = getattr(layer, adapter.mid_stream_module)
-                self.handles.append(mid_mod.register_forward_pre_hook(self._mid_hook(i)))
 
-    def set_batch(self, row_start: int, flat_index: np.ndarray) -> None:
-        self.rows = (row_start, torch.from_numpy(flat_index))
+    def attach(self, layer: Any, i: int) -> None:
+        """Hook decoder layer ``i`` (its output, and its mid stream when captured)."""
+        self.handles.append(layer.register_forward_hook(self._layer_hook(i), with_kwargs=True))
+        if self.settings.capture_mid:
+            mid_mod = getattr(layer, self.adapter.mid_stream_module)
+            self.handles.append(mid_mod.register_forward_pre_hook(self._mid_hook(i)))
+
+    def set_batch(self, batch: CaptureBatch) -> None:
+        self.batch = batch
         self._index_cache = {}
 
     def _index(self, device: torch.device) -> torch.Tensor:
         if device not in self._index_cache:
-            self._index_cache[device] = self.rows[1].to(device)
+            self._index_cache[device] = torch.from_numpy(self.batch.flat_index).to(device)
         return self._index_cache[device]
 
     def _save(self, name: str, t: torch.Tensor) -> None:
@@ -80,7 +126,7 @@ class _Hooks:
             return
         flat = t.reshape(-1, t.shape[-1])
         rows = flat.index_select(0, self._index(flat.device)).to("cpu", torch.float32).numpy()
-        self.writer.write_rows(name, self.rows[0], rows)
+        self.writer.write_rows(name, self.batch.row_start, rows)
 
     def _norms(self, where: str, t: torch.Tensor) -> torch.Tensor:
         """Per-token norms of the calibration tokens; a NaN/inf anywhere in a row makes its norm non-finite."""
@@ -102,10 +148,11 @@ class _Hooks:
             x = args[0] if args else kwargs["hidden_states"]
             y = output[0] if isinstance(output, tuple) else output
             f = self.first_pos
+            b = self.batch.index
             if i == 0:
-                self.prev_norm = self._norms("the input of layer 0 (embeddings)", x)
+                self.prev_norm[b] = self._norms("the input of layer 0 (embeddings)", x)
                 self._save(boundary_name("h", 0), x)
-            nx = self.prev_norm
+            nx = self.prev_norm.pop(b)
             ny = self._norms(f"the output of layer {i}", y)
             xs, ys = x[:, f:], y[:, f:]
             self.stats["layer"].add_from_norms(i, token_dot(xs, ys), nx, ny)
@@ -119,11 +166,12 @@ class _Hooks:
                 self.stats["attention"].add_from_norms(i, token_dot(xs, ms), nx, nm)
                 self.stats["mlp"].add_from_norms(i, token_dot(ms, ys), nm, ny)
                 self._save(boundary_name("m", i), m)
-            self.prev_norm = ny  # the next layer's input is this layer's output
+            if i + 1 < self.n_layers:
+                self.prev_norm[b] = ny  # the next layer's input is this layer's output
 
         return hook
 
-    def remove(self) -> None:
+    def detach(self) -> None:
         for h in self.handles:
             h.remove()
         self.handles.clear()
@@ -131,6 +179,11 @@ class _Hooks:
 
 def input_device(model: Any) -> torch.device:
     return model.get_input_embeddings().weight.device
+
+
+def first_calibrated_position(windows: TokenWindows, settings: CaptureSettings) -> int:
+    """1 when column 0 is a BOS that is context, not calibration data; else 0."""
+    return 1 if windows.has_bos and not settings.include_bos else 0
 
 
 def run_capture(
@@ -149,27 +202,21 @@ def run_capture(
     sample belonging to other windows are left untouched in the writer.
     """
     layers = adapter.layers(model)
-    n_layers = len(layers)
-    first = 1 if windows.has_bos and not settings.include_bos else 0
-    hooks = _Hooks(layers, adapter, settings, writer, n_layers, first)
+    hooks = CaptureHooks(adapter, settings, writer, len(layers), first_calibrated_position(windows, settings))
+    for i, layer in enumerate(layers):
+        hooks.attach(layer, i)
     ids = windows.input_ids
-    seq_len = ids.shape[1]
     subset = np.arange(len(ids)) if window_subset is None else np.asarray(sorted(window_subset))
-    batches = [subset[i : i + settings.batch_size] for i in range(0, len(subset), settings.batch_size)]
+    batches = capture_batches(positions, subset, ids.shape[1], settings.batch_size)
     device = input_device(model)
     base = model.base_model  # skip the LM head: its logits are not needed for capture
     try:
         with torch.inference_mode():
             for batch in tqdm(batches, desc="capture", unit="batch", disable=not progress):
-                if np.any(np.diff(batch) != 1):
-                    raise ValueError("window batches must be contiguous")
-                lo = np.searchsorted(positions[:, 0], batch[0], side="left")
-                hi = np.searchsorted(positions[:, 0], batch[-1], side="right")
-                sel = positions[lo:hi]
-                hooks.set_batch(int(lo), (sel[:, 0] - batch[0]) * seq_len + sel[:, 1])
-                base(input_ids=torch.from_numpy(ids[batch]).to(device), use_cache=False)
+                hooks.set_batch(batch)
+                base(input_ids=torch.from_numpy(ids[batch.lo : batch.hi]).to(device), use_cache=False)
     finally:
-        hooks.remove()
+        hooks.detach()
     return hooks.stats
 
 

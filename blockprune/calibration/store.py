@@ -150,6 +150,7 @@ class StoreWriter:
             n: np.lib.format.open_memmap(self.tmp / f"{n}.npy", mode="w+", dtype=self.dtype, shape=(n_rows, hidden))
             for n in names
         }
+        self.released: list[str] = []
 
     def write_rows(self, name: str, start: int, rows: np.ndarray) -> None:
         if self.dtype == np.float16 and rows.size:
@@ -158,14 +159,26 @@ class StoreWriter:
                 raise OverflowError(
                     f"activations at {name} exceed the float16 range ({top:.3g}); capture with store dtype float32"
                 )
+        if name in self.released:  # written again after release (a second pass over it): map it again
+            self.released.remove(name)
+            self.arrays[name] = np.load(self.tmp / f"{name}.npy", mmap_mode="r+")
         self.arrays[name][start : start + len(rows)] = rows
+
+    def release(self, name: str) -> None:
+        """Unmap a boundary that is complete, so its written pages stop counting as this process's memory.
+
+        Layer-streamed capture finishes one boundary per layer; resident capture writes all of them
+        to the end and never calls this.
+        """
+        if self.arrays.pop(name, None) is not None:
+            self.released.append(name)
 
     def save_array(self, name: str, arr: np.ndarray) -> None:
         np.save(self.tmp / f"{name}.npy", arr)
 
     def commit(self, manifest: dict[str, Any]) -> ActivationStore:
         checksums = {}
-        for name in self.arrays:
+        for name in [*self.arrays, *self.released]:
             # no msync: read() goes through the page cache that the shared mapping writes into
             checksums[name] = file_sha256(self.tmp / f"{name}.npy")
         self.arrays.clear()

@@ -39,13 +39,15 @@ class Adapter:
     no_split_class: str
     n_layers_attr: str = "num_hidden_layers"
     per_layer_config_lists: tuple[str, ...] = ("layer_types",)
+    # where the parts outside the decoder layers live, for layer-streamed runs
+    # (blockprune.models.layer_stream): the token embedding, the final norm and the LM head
+    embedding_path: str = "model.embed_tokens"
+    final_norm_path: str = "model.norm"
+    lm_head_path: str = "lm_head"
 
     def layers(self, model: Any) -> Any:
         """The ``nn.ModuleList`` of decoder layers."""
-        obj = model
-        for part in self.layers_path.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return submodule(model, self.layers_path)
 
     def set_layers(self, model: Any, layers: Any) -> None:
         *parents, last = self.layers_path.split(".")
@@ -56,6 +58,14 @@ class Adapter:
 
     def n_layers(self, config: Any) -> int:
         return int(getattr(text_config(config), self.n_layers_attr))
+
+
+def submodule(model: Any, path: str) -> Any:
+    """The module at a dotted attribute path (``"model.norm"``)."""
+    obj = model
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
 
 
 def text_config(config: Any) -> Any:
@@ -111,6 +121,8 @@ ADAPTERS.register(
         no_split_class="GPT2Block",
         n_layers_attr="n_layer",
         per_layer_config_lists=(),
+        embedding_path="transformer.wte",
+        final_norm_path="transformer.ln_f",
     ),
 )
 

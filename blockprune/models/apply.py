@@ -131,20 +131,24 @@ def _renumber_device_map(model: Any, adapter: Adapter, kept: list[int]) -> None:
     model.hf_device_map = out
 
 
-def _skip_sublayers(model: Any, adapter: Adapter, blocks: tuple[int, ...], granularity: str) -> None:
-    layers = adapter.layers(model)
+def skip_sublayer(layer: Any, adapter: Adapter, granularity: str) -> None:
+    """Replace one layer's attention or MLP sub-block (and its norms) by stand-ins that add nothing."""
     main, modules = (
         (adapter.attention, adapter.attention_modules)
         if granularity == "attention"
         else (adapter.mlp, adapter.mlp_modules)
     )
+    for name in modules:
+        if name == main:
+            setattr(layer, name, SkippedAttention() if granularity == "attention" else SkippedMLP())
+        else:
+            setattr(layer, name, nn.Identity())
+
+
+def _skip_sublayers(model: Any, adapter: Adapter, blocks: tuple[int, ...], granularity: str) -> None:
+    layers = adapter.layers(model)
     for i in blocks:
-        layer = layers[i]
-        for name in modules:
-            if name == main:
-                setattr(layer, name, SkippedAttention() if granularity == "attention" else SkippedMLP())
-            else:
-                setattr(layer, name, nn.Identity())
+        skip_sublayer(layers[i], adapter, granularity)
     if granularity == "attention":
         cfg = text_config(model.config)
         n = len(layers)
