@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from blockprune.calibration.store import ActivationStore, clear_stale_partials, finished_store, store_lock
@@ -82,7 +82,8 @@ class RayBackend:
                 "engine.job_id": ray.get_runtime_context().get_job_id() if ray.is_initialized() else ""}
 
     def describe(self) -> str:
-        return f"{self.num_gpus} GPU(s) per actor, {self.settings.placement.replicas} replica(s); "
+        streamed = "layer-streamed, " if self.job is not None and self.job.streamed else ""
+        return f"{streamed}{self.num_gpus} GPU(s) per actor, {self.settings.placement.replicas} replica(s); "
 
     # ------------------------------------------------------------------ steps
 
@@ -91,9 +92,21 @@ class RayBackend:
         self.job = p.job
         self.info = self.info or cluster_info()
         what = self.name or p.resolved.name
-        check_scoring_capacity(self.settings.placement, self.settings.scoring, self.info, what)
-        self.num_gpus = resolve_num_gpus(p.resolved.path, p.job.dtype, self.settings.placement, self.info,
-                                         what=f"{p.resolved.name} actor")
+        placement = self.settings.placement
+        check_scoring_capacity(placement, self.settings.scoring, self.info, what)
+        one = 1 if self.info.total_gpus else 0
+        if p.job.streamed and placement.num_gpus is None:
+            self.num_gpus = one  # a streamed actor holds one layer at a time: one GPU (or none) is enough
+            return
+        try:
+            self.num_gpus = resolve_num_gpus(p.resolved.path, p.job.dtype, placement, self.info,
+                                             what=f"{p.resolved.name} actor")
+        except InsufficientResourcesError as e:
+            if p.job.streamed is False or placement.num_gpus is not None or not one:
+                raise
+            log.warning("%s; streaming it layer by layer on one GPU per actor instead", e)
+            self.job = replace(p.job, streamed=True)
+            self.num_gpus = one
 
     def _group(self, replicas: int, purpose: str) -> ModelGroup:
         placement = self.settings.placement

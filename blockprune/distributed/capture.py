@@ -164,6 +164,7 @@ def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, A
         refs = [a.capture_part.remote(str(writer.tmp), pos_ref, part, i)
                 for i, (a, part) in enumerate(zip(actors, parts, strict=False))]
         results = ray.get(refs)
+        streamed = [bool(r.pop("_streamed", False)) for r in results]
         stats = {g: BlockStats.from_dict(results[0][g]) for g in results[0]}
         for r in results[1:]:
             stats = {g: stats[g].merge(BlockStats.from_dict(r[g])) for g in stats}
@@ -171,6 +172,8 @@ def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, A
         restarts = {i: max(0, len(attempts(writer.tmp, i)) - 1) for i in range(len(parts))}
         manifest = finish_manifest(writer, meta, windows, positions, settings, stats, n_layers, hidden, seconds)
         manifest["capture_parts"] = [[part[0], part[-1]] for part in parts]
+        if any(streamed):
+            manifest["capture_path"] = "streamed"
         manifest["capture_restarts"] = restarts
         for f in writer.tmp.glob("part-*.attempts"):
             f.unlink()

@@ -148,24 +148,40 @@ class ModelWorker:
         self.job = job
         self.progress = progress
         self.p = prepare(job)
+        self.engine = engine
+        self._ds_engine = None
+        self.model = None
+        self.device_map = None
+        self.streamed_device: str | None = None
         device_map: Any = job.device_map
-        if num_gpus > 0:
+        streamed = job.streamed
+        if num_gpus > 0 and streamed is not True:
             import torch
 
             n_dev = torch.cuda.device_count()
             if n_dev < num_gpus:
                 raise InsufficientResourcesError(f"actor asked for {num_gpus} GPUs but sees {n_dev}")
             mem = [torch.cuda.get_device_properties(i).total_memory for i in range(n_dev)]
-            device_map = device_map_for(self.p.resolved.path, job.dtype, max_memory_map(mem, headroom),
-                                        [self.p.adapter.no_split_class])
-        self.model, _, _ = load_model(job.model, dtype=job.dtype, device_map=device_map)
-        self.device_map = getattr(self.model, "hf_device_map", None)
-        self.engine = engine
-        self._ds_engine = None
-        if engine == "deepspeed":
-            from blockprune.distributed.deepspeed_engine import wrap_inference
+            try:
+                device_map = device_map_for(self.p.resolved.path, job.dtype, max_memory_map(mem, headroom),
+                                            [self.p.adapter.no_split_class])
+            except InsufficientResourcesError as e:
+                if streamed is False:
+                    raise
+                log.info("%s: %s; streaming it layer by layer instead", self.p.resolved.name, e)
+                streamed = True
+        from blockprune.calibration.streamed import choose_capture_path
 
-            self._ds_engine, self.model = wrap_inference(self.model, job.dtype)
+        device = "cuda:0" if num_gpus > 0 else "cpu"
+        if choose_capture_path(self.p.resolved.path, job.dtype, streamed=streamed, device=device).streamed:
+            self.streamed_device = device  # no weights held: each layer is read when it runs
+        else:
+            self.model, _, _ = load_model(job.model, dtype=job.dtype, device_map=device_map)
+            self.device_map = getattr(self.model, "hf_device_map", None)
+            if engine == "deepspeed":
+                from blockprune.distributed.deepspeed_engine import wrap_inference
+
+                self._ds_engine, self.model = wrap_inference(self.model, job.dtype)
         self.load_seconds = time.perf_counter() - t0
 
     # ------------------------------------------------------------------ info
@@ -173,7 +189,8 @@ class ModelWorker:
     def describe(self) -> dict[str, Any]:
         """Where this actor runs and how its model is laid out (for logs and tests)."""
         out: dict[str, Any] = {"pid": os.getpid(), "engine": self.engine, "load_seconds": self.load_seconds,
-                               "n_layers": self.p.n_layers, "model": self.p.resolved.name}
+                               "n_layers": self.p.n_layers, "model": self.p.resolved.name,
+                               "streamed": self.streamed_device is not None}
         try:
             import ray
 
@@ -193,7 +210,7 @@ class ModelWorker:
         """Forward some windows and write their sampled rows into the shared store files.
 
         Idempotent: a retried part rewrites the same rows. Returns the raw statistic sums, which
-        merge by addition into the single-process result.
+        merge by addition into the single-process result, and whether the part ran layer-streamed.
         """
         from blockprune.calibration.capture import run_capture
         from blockprune.distributed.capture import RowWriter, mark_started
@@ -201,20 +218,31 @@ class ModelWorker:
         mark_started(Path(tmp_dir), part)
         writer = RowWriter(Path(tmp_dir), self.job.capture.store_dtype)
         try:
-            stats = run_capture(self.model, self.p.adapter, self.p.windows, positions, self.job.capture, writer,
-                                window_subset=window_subset, progress=self.progress)
+            if self.streamed_device is not None:
+                from blockprune.calibration.streamed import run_capture_streamed
+                from blockprune.models.layer_stream import LayerStream
+
+                with LayerStream(self.p.resolved.path, dtype=self.job.dtype, device=self.streamed_device,
+                                 prefetch=self.streamed_device != "cpu") as stream:
+                    stats = run_capture_streamed(stream, self.p.windows, positions, self.job.capture, writer,
+                                                 window_subset=window_subset, progress=self.progress)
+            else:
+                stats = run_capture(self.model, self.p.adapter, self.p.windows, positions, self.job.capture, writer,
+                                    window_subset=window_subset, progress=self.progress)
         finally:
             writer.close()
         return {g: {"sums": {k: v.tolist() for k, v in s.sums.items()}, "counts": s.counts.tolist()}
-                for g, s in stats.items()}
+                for g, s in stats.items()} | {"_streamed": self.streamed_device is not None}
 
     # ------------------------------------------------------------------ evaluation
 
     def evaluate(self, plan: Any | None = None, save_dir: str | None = None) -> Any:
         """The pipeline's :class:`~blockprune.pipeline.evaluate.Evaluation` of the dense model, or of a pruned
         copy when a plan is given (the same function the local backend calls)."""
-        from blockprune.pipeline.evaluate import evaluate_plan
+        from blockprune.pipeline.evaluate import evaluate_plan, measure_streamed
 
+        if self.streamed_device is not None:
+            return measure_streamed(self.p, plan, self.streamed_device, self.progress)
         return evaluate_plan(self.model, self.p, plan, save_dir, progress=self.progress)
 
 

@@ -89,6 +89,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="also lm-eval-style rolling word/byte perplexity on this many held-out documents")
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16", "float16"), help="default float32")
     p.add_argument("--device-map", default=None, help="accelerate device_map, e.g. auto (default: CPU, one piece)")
+    p.add_argument("--streamed", action=argparse.BooleanOptionalAction, default=None,
+                   help="run the model layer by layer from its checkpoint (a model larger than memory); default: "
+                        "only when the weights do not fit, and the log says which path was taken and why")
     p.add_argument("--save-dir", default=None, help="save each pruned model under this folder")
     p.add_argument("--heal-steps", type=int, default=None,
                    help="LoRA-heal each pruned model for this many steps after measuring it (other settings: the "
@@ -123,7 +126,7 @@ OVERRIDES = {
     "eval_corpus": "evaluation.corpus", "eval_windows": "evaluation.windows", "tasks": "evaluation.tasks",
     "limit": "evaluation.limit", "latency": "evaluation.latency", "samples": "evaluation.samples",
     "rolling_docs": "evaluation.rolling_docs", "dtype": "dtype", "device_map": "device_map",
-    "store_root": "store_root", "save_dir": "save_dir",
+    "store_root": "store_root", "save_dir": "save_dir", "streamed": "streamed",
 }
 
 

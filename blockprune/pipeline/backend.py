@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from blockprune.calibration.store import ActivationStore
 from blockprune.models.zoo import load_model
-from blockprune.pipeline.evaluate import Evaluation, evaluate_plan
+from blockprune.pipeline.evaluate import Evaluation, evaluate_plan, measure_streamed
 from blockprune.pipeline.prepare import Prepared, capture_or_reuse
 from blockprune.pipeline.scoring import LocalScorers, Scorers
 from blockprune.selection.plan import PrunePlan
@@ -49,6 +49,12 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 class LocalBackend:
     """Everything in this process: the model on CPU (or the job's ``device_map``), scores computed inline."""
 
@@ -58,6 +64,8 @@ class LocalBackend:
         self.model: Any = None
         self._scorers = LocalScorers()
         self._n_trials = 0
+        self.streamed_device: str | None = None  # set when the model is run layer by layer instead of loaded
+        self.path_reason = ""
 
     def engine_settings(self) -> dict[str, Any]:
         return {"pid": os.getpid()}
@@ -66,21 +74,32 @@ class LocalBackend:
         return {"blockprune.engine": self.engine, "engine.job_id": f"local-{os.getpid()}"}
 
     def describe(self) -> str:
-        return ""
+        return f"{'layer-streamed' if self.streamed_device else 'resident'} ({self.path_reason}); "
 
     def open(self, p: Prepared) -> None:
+        """Load the model, or (``streamed``, or automatically when it does not fit) plan to run it layer by layer."""
+        from blockprune.calibration.streamed import choose_capture_path
+
         job = p.job
         self._n_trials = len(job.trials)
+        device = "cuda:0" if job.device_map is not None and _cuda() else "cpu"
+        choice = choose_capture_path(p.resolved.path, job.dtype, streamed=job.streamed, device=device)
+        self.path_reason = choice.reason
+        if choice.streamed:
+            self.streamed_device = device
+            return
         self.model, _, _ = load_model(job.model, dtype=job.dtype, device_map=job.device_map)
 
     def capture(self, p: Prepared, progress: bool) -> tuple[ActivationStore, bool]:
-        return capture_or_reuse(p, self.model, progress)
+        return capture_or_reuse(p, self.model, progress, streamed_device=self.streamed_device)
 
     @property
     def scorers(self) -> Scorers:
         return self._scorers
 
     def evaluate(self, p: Prepared, plan: PrunePlan | None, save_dir: str | None, progress: bool) -> Evaluation:
+        if self.streamed_device is not None:
+            return measure_streamed(p, plan, self.streamed_device, progress)
         # one trial may prune the model itself; with several, each prunes a copy
         return evaluate_plan(self.model, p, plan, save_dir, copy_model=self._n_trials > 1, progress=progress)
 

@@ -17,7 +17,7 @@ Sections (YAML / JSON)::
     heal                LoRA healing of each trial's pruned model: steps, tokens, lr, rank, corpora, …
     placement, scoring  Ray model actors and scoring tasks (ignored by a local run)
     tracking            uri, experiment, enabled
-    dtype, device_map, store_root, save_dir, text_field
+    dtype, device_map, store_root, save_dir, text_field, streamed
 """
 
 from __future__ import annotations
@@ -335,6 +335,7 @@ class JobConfig:
     save_dir: str | None = None
     text_field: str | None = None
     heal: HealConfig | None = None  # LoRA healing of every trial's pruned model, after all trials are measured
+    streamed: bool | None = None  # layer-streamed capture/perplexity: True, False, or None = when it does not fit
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -346,7 +347,7 @@ class JobConfig:
 
 JOB_KEYS = {"model", "calibration", "capture", "methods", "estimators", "estimator_params", "n_prune",
             "granularity", "trials", "evaluation", "dtype", "device_map", "store_root", "save_dir", "text_field",
-            "tracking", "placement", "scoring", "heal"}
+            "tracking", "placement", "scoring", "heal", "streamed"}
 
 
 def parse_heal(d: Any, where: str = "heal") -> HealConfig | None:
@@ -396,4 +397,4 @@ def parse_job(d: Mapping[str, Any], where: str = "the job config") -> JobConfig:
         "model": model, "calibration": cal.settings, "trials": trials, "capture": cal.capture,
         "evaluation": parse_evaluation(d.get("evaluation")), "dtype": d.get("dtype", "float32"),
         "device_map": d.get("device_map"), "store_root": d.get("store_root"), "save_dir": d.get("save_dir"),
-        "text_field": cal.text_field, "heal": parse_heal(d.get("heal"))}, where)
+        "text_field": cal.text_field, "heal": parse_heal(d.get("heal")), "streamed": d.get("streamed")}, where)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,8 @@ from blockprune.evaluation.lm_eval_tasks import run_lm_eval
 from blockprune.pipeline.config import EvalSettings
 from blockprune.pipeline.prepare import Prepared
 from blockprune.selection.plan import PrunePlan
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -88,6 +91,42 @@ def evaluate_model(model: Any, p: Prepared, progress: bool = True) -> Evaluation
 
         held = split_documents(load_corpus(p.eval_corpus, p.job.text_field))[1][: ev.rolling_docs]
     return measure_model(model, p.tokenizer, p.eval_windows, ev, held, progress)
+
+
+def meta_parameters(model_path: str, plan: PrunePlan | None) -> dict[str, Any]:
+    """Parameter counts of a model (pruned by ``plan``) built on the meta device: no weight is loaded."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from blockprune.evaluation.cost import count_parameters
+    from blockprune.models.apply import apply_plan
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model_path))
+    model.tie_weights()
+    if plan is not None:
+        apply_plan(model, plan)
+    return count_parameters(model)
+
+
+def measure_streamed(p: Prepared, plan: PrunePlan | None, device: str, progress: bool = True) -> Evaluation:
+    """Perplexity of the dense model or a plan, layer by layer from the checkpoint (a model larger than memory),
+    and its parameter counts from the config. What needs the whole model in memory (lm-eval, latency,
+    samples, rolling perplexity, saving) is skipped, and the log says so."""
+    from blockprune.evaluation.streamed_perplexity import streamed_chunk_perplexity
+
+    ev = p.job.evaluation
+    skipped = [name for name, on in (("lm-eval tasks", ev.tasks), ("latency", ev.latency), ("samples", ev.samples),
+                                     ("rolling perplexity", ev.rolling_docs), ("--save-dir", p.job.save_dir)) if on]
+    if skipped:
+        log.warning("streamed run: %s skipped (they need the whole model in memory)", ", ".join(skipped))
+    t0 = time.perf_counter()
+    ppl = streamed_chunk_perplexity(p.resolved.path, p.eval_windows, plan, dtype=p.job.dtype, device=device,
+                                    batch_size=ev.batch_size, progress=progress)
+    params = meta_parameters(p.resolved.path, plan)
+    return Evaluation({"ppl": ppl.perplexity, "nll": ppl.nll, "eval_tokens": ppl.n_tokens,
+                       "params_total": params["total"], "params_per_token": params["per_token"],
+                       "eval_seconds": time.perf_counter() - t0})
 
 
 def pruned_name(p: Prepared, plan: PrunePlan) -> str:

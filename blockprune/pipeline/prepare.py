@@ -118,11 +118,14 @@ def store_path(p: Prepared) -> Path:
     return root / f"{p.resolved.name.replace('/', '__')}-{store_key(store_meta(p), p.job.capture)}"
 
 
-def capture_or_reuse(p: Prepared, model: Any, progress: bool = True) -> tuple[ActivationStore, bool]:
+def capture_or_reuse(p: Prepared, model: Any, progress: bool = True, *,
+                     streamed_device: str | None = None) -> tuple[ActivationStore, bool]:
     """(store, reused): a finished store with the same settings is reused, never recaptured.
 
     Under the store's file lock, as the distributed path: a job that waits for another's capture of the
-    same store reuses it, and partial folders of crashed captures are removed before capturing anew."""
+    same store reuses it, and partial folders of crashed captures are removed before capturing anew.
+    ``streamed_device`` captures layer by layer from the checkpoint on that device (``model`` unused): the
+    same store, for a model larger than memory."""
     path = store_path(p)
     with store_lock(path):
         store = finished_store(path)
@@ -130,4 +133,9 @@ def capture_or_reuse(p: Prepared, model: Any, progress: bool = True) -> tuple[Ac
             log.info("reusing activation store %s (no recapture)", path)
             return store, True
         clear_stale_partials(path)
+        if streamed_device is not None:
+            from blockprune.calibration.streamed import capture_streamed
+
+            return capture_streamed(p.resolved.path, p.adapter, p.windows, path, store_meta(p), p.job.capture,
+                                    dtype=p.job.dtype, device=streamed_device, progress=progress), False
         return capture(model, p.adapter, p.windows, path, store_meta(p), p.job.capture, progress=progress), False
