@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from blockprune.calibration.store import ActivationStore, clear_stale_partials, finished_store, store_lock
+from blockprune.calibration.store import ActivationStore, open_or_capture
 from blockprune.distributed.capture import capture_with_actors
 from blockprune.distributed.cluster import ClusterInfo, InsufficientResourcesError, cluster_info
 from blockprune.distributed.model_actor import ModelGroup, resolve_num_gpus
@@ -102,20 +102,24 @@ class RayBackend:
                           name=f"{self.name or self.job.model} {purpose}", progress=self.progress)
 
     def capture(self, p: Prepared, progress: bool) -> tuple[ActivationStore, bool]:
+        """The same reuse-or-capture path as the local backend (verify, move a corrupt store aside, float32
+        fallback), with the rows written by the model actors."""
         path = store_path(p)
         replicas = self.settings.placement.replicas
-        with store_lock(path):
-            store = finished_store(path)
-            if store is not None:
-                log.info("reusing activation store %s (no recapture)", path)
-                return store, True
-            clear_stale_partials(path)
-            self.group = self._group(replicas, "capture")
-            store = capture_with_actors(p, self.group.actors, path, store_meta(p))
-            if replicas > 1:  # free the replicas' resources; one actor evaluates
-                self.group.close()
-                self.group = None
-            return store, False
+
+        def run(store_dtype: str) -> ActivationStore:
+            if self.group is None:
+                self.group = self._group(replicas, "capture")
+            meta = store_meta(p)
+            if store_dtype != p.job.capture.store_dtype:
+                meta["store_dtype_requested"] = p.job.capture.store_dtype
+            return capture_with_actors(p, self.group.actors, path, meta, store_dtype=store_dtype)
+
+        store, reused = open_or_capture(path, run, p.job.capture.store_dtype)
+        if not reused and replicas > 1 and self.group is not None:  # free the replicas; one actor evaluates
+            self.group.close()
+            self.group = None
+        return store, reused
 
     @property
     def scorers(self) -> RayScoring:

@@ -189,17 +189,19 @@ class ModelWorker:
 
     # ------------------------------------------------------------------ capture
 
-    def capture_part(self, tmp_dir: str, positions: Any, window_subset: list[int], part: int) -> dict[str, Any]:
+    def capture_part(self, tmp_dir: str, positions: Any, window_subset: list[int], part: int,
+                     store_dtype: str | None = None) -> dict[str, Any]:
         """Forward some windows and write their sampled rows into the shared store files.
 
         Idempotent: a retried part rewrites the same rows. Returns the raw statistic sums, which
-        merge by addition into the single-process result.
+        merge by addition into the single-process result. ``store_dtype``: the dtype the driver laid the
+        files out in (the job's, or float32 after a float16 overflow).
         """
         from blockprune.calibration.capture import run_capture
         from blockprune.distributed.capture import RowWriter, mark_started
 
         mark_started(Path(tmp_dir), part)
-        writer = RowWriter(Path(tmp_dir), self.job.capture.store_dtype)
+        writer = RowWriter(Path(tmp_dir), store_dtype or self.job.capture.store_dtype)
         try:
             stats = run_capture(self.model, self.p.adapter, self.p.windows, positions, self.job.capture, writer,
                                 window_subset=window_subset, progress=self.progress)
