@@ -54,3 +54,49 @@ def test_a_second_job_waits_for_the_first_capture_then_reuses_it(smollm2: Any, t
         capture(smollm2.model, p.adapter, p.windows, path, store_meta(p), p.job.capture, progress=False)
     t.join(timeout=60)
     assert results and results[0][1] is True  # reused what the lock holder wrote
+
+
+def _overwrite_middle(f: Path, n: int = 64 * 1024) -> None:
+    data = bytearray(f.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + n] = bytes(n)
+    f.write_bytes(bytes(data))
+
+
+@pytest.mark.integration
+def test_a_corrupted_store_is_captured_again_and_its_cached_scores_never_reused(smollm2: Any, tmp_path: Path) -> None:
+    """The issue's case 1 on the real pipeline: 64 KiB overwritten in one boundary of a finished store.
+
+    Before: the store was reused, its entropy changed, and the wrong score was cached under the clean id."""
+    import dataclasses
+
+    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path
+    from blockprune.pipeline.scoring import score_and_select
+
+    trial = TrialSpec("entrodrop", 3)
+    p = prepare(dataclasses.replace(_job(tmp_path), trials=(trial,)))
+    clean, _ = capture_or_reuse(p, smollm2.model, progress=False)
+    clean_h = score_and_select(clean, trial).info["entropy"]
+    assert list((clean.path / "scores").glob("*.json")), "the entropies are cached beside the store"
+    _overwrite_middle(clean.path / "h_005.npy")
+
+    store, reused = capture_or_reuse(p, smollm2.model, progress=False)
+    assert not reused, "a store that fails its checksums must be captured again"
+    assert "h_005.npy" in store.notes["store_replaced_corrupt"]
+    aside = store_path(p).with_name(store_path(p).name + ".corrupt")
+    assert list((aside / "scores").glob("*.json")) and not (store.path / "scores").exists()
+    again = score_and_select(store, trial)
+    assert again.info["entropy"] == clean_h  # recomputed on the recaptured (bit-identical) arrays
+    assert store.checksum == clean.checksum
+
+    # the study's path: it passes no model when it expects reuse, and a loader for when it cannot
+    _overwrite_middle(store.path / "m_010.npy")
+    loads: list[int] = []
+
+    def load() -> Any:
+        loads.append(1)
+        return smollm2.model
+
+    third, reused = capture_or_reuse(p, None, progress=False, load=load)
+    assert not reused and loads == [1] and "m_010.npy" in third.notes["store_replaced_corrupt"]
+    assert capture_or_reuse(p, None, progress=False, load=load)[1] and loads == [1]  # intact now: reused
