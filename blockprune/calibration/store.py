@@ -240,6 +240,9 @@ class StoreWriter:
             if e.errno in _DISK_ERRNOS:
                 raise disk_full(self.final, len(names) * n_rows * hidden * self.dtype.itemsize, e) from None
             raise
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) while laying out: leave nothing behind
+            self.abort()
+            raise
 
     def write_rows(self, name: str, start: int, rows: np.ndarray) -> None:
         if self.dtype == np.float16:

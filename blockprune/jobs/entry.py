@@ -53,6 +53,8 @@ def run_entry(run: Callable[[argparse.Namespace], int], args: argparse.Namespace
     for noisy in NOISY_LOGGERS:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # mlflow sets its own level when it is imported
+    if getattr(args, "quiet", False):  # --quiet: no progress bars, also not transformers' "Loading weights"
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         with stop_cleanly_on_sigterm():
             return run(args)

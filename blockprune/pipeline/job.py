@@ -24,7 +24,7 @@ from blockprune.pipeline.records import TrialResult, job_params, job_tags, store
 from blockprune.pipeline.results import ResultsFolder
 from blockprune.pipeline.scoring import score_and_select
 from blockprune.tracking.artifacts import log_job_summary, log_trial
-from blockprune.tracking.tracker import Tracker, TrackingFailedError
+from blockprune.tracking.tracker import JobInterrupted, Tracker, TrackingFailedError
 
 Echo = Callable[[str], None]
 
@@ -112,6 +112,9 @@ def run_job(job: JobConfig, backend: Backend | None = None, tracker: Tracker | N
                                  "scoring_batches": out.scoring_batches})
         echo(f"[blockprune] MLflow: {tracker.describe(parent_id)}")
         status = "finished"
+    except (JobInterrupted, KeyboardInterrupt):
+        status = "interrupted"
+        raise
     finally:
         out.seconds = time.perf_counter() - t_start
         out.tracking_failure = tracker.failure
