@@ -30,6 +30,7 @@ from blockprune.pipeline.config import ActorPlacement, DistributedSettings, JobC
 from blockprune.pipeline.evaluate import Evaluation
 from blockprune.pipeline.job import JobResult, run_job
 from blockprune.pipeline.prepare import Prepared, store_meta, store_path
+from blockprune.pipeline.results import ResultsFolder
 from blockprune.selection.plan import PrunePlan
 
 log = logging.getLogger(__name__)
@@ -201,15 +202,16 @@ def run_distributed_job(job: JobConfig, tracker: Any | None = None, settings: Di
                         info: ClusterInfo | None = None, progress: bool = False,
                         echo: Callable[[str], None] = print, job_name: str | None = None,
                         tags: dict[str, str] | None = None, outcome: JobOutcome | None = None,
-                        log_lock: Any | None = None) -> JobOutcome:
+                        log_lock: Any | None = None, results: ResultsFolder | None = None) -> JobOutcome:
     """Run every trial of ``job`` on the connected cluster through the one job loop; raises on failure
-    (after releasing its actors), with ``outcome`` filled as far as the job got."""
+    (after releasing its actors), with ``outcome`` filled as far as the job got. ``results`` receives every
+    plan and number before it is logged."""
     out = outcome or JobOutcome(job_name or job.model, job.model, job.calibration.corpus)
     out.status = "RUNNING"
     backend = RayBackend(settings, info=info, progress=progress, name=job_name)
     try:
         run_job(job, backend, tracker, progress=progress, echo=echo, job_name=job_name, tags=tags,
-                log_lock=log_lock, result=out.result)
+                log_lock=log_lock, result=out.result, results=results)
     finally:
         out.num_gpus = backend.num_gpus
     out.status = "SUCCEEDED"

@@ -28,10 +28,10 @@ from blockprune.selection.plan import PrunePlan
 
 def default_results_dir(model: str, job_id: str) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-    return Path(cache_dir()) / "results" / f"{stamp}-{_slug(model)}-{job_id}"
+    return Path(cache_dir()) / "results" / f"{stamp}-{slug(model)}-{job_id}"
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_")[:80] or "x"
 
 
@@ -65,7 +65,7 @@ class ResultsFolder:
     def plan(self, index: int, trial_name: str, plan: PrunePlan) -> Path:
         """Write a trial's plan (and ``plan_out`` for the first); returns its file."""
         self.path.mkdir(parents=True, exist_ok=True)
-        f = self.path / f"plan-{index + 1:02d}-{_slug(trial_name)}.json"
+        f = self.path / f"plan-{index + 1:02d}-{slug(trial_name)}.json"
         _write_atomic(f, plan.to_json() + "\n")
         if index == 0 and self.plan_out is not None:
             _write_atomic(self.plan_out, plan.to_json() + "\n")
