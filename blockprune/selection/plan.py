@@ -108,10 +108,11 @@ class PrunePlan:
                                                            for b in blocks):
             raise BadInputError(f"the plan's blocks must be a list of integers, got {blocks!r}")
         d["blocks"] = tuple(blocks)
-        for key, kind in (("n_blocks", int), ("model_id", str), ("estimator_params", dict), ("scores", dict),
-                          ("run_scores", dict), ("info", dict)):
-            if key in d and not isinstance(d[key], kind):
-                raise BadInputError(f"the plan's {key} must be a {kind.__name__}, got {d[key]!r}")
+        for key, kind, what in (("n_blocks", int, "an integer"), ("model_id", str, "a string"),
+                                ("estimator_params", dict, "an object"), ("scores", dict, "an object"),
+                                ("run_scores", dict, "an object"), ("info", dict, "an object")):
+            if key in d and (not isinstance(d[key], kind) or isinstance(d[key], bool)):
+                raise BadInputError(f"the plan's {key} must be {what}, got {d[key]!r}")
         return cls(**d)
 
     @classmethod
