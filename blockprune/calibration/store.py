@@ -150,6 +150,7 @@ class ActivationStore:
         checksums = self.manifest.get("checksums")
         if not isinstance(checksums, dict) or not checksums:
             raise StoreCorruptError(f"{self.path / MANIFEST} lists no checksums")
+        checksums = {**checksums, **(self.manifest.get("aux_checksums") or {})}  # stores before aux: arrays only
         files = {name: self.path / f"{name}.npy" for name in checksums}
         for f in files.values():
             if not f.is_file():
@@ -263,7 +264,10 @@ class StoreWriter:
             # no msync: read() goes through the page cache that the shared mapping writes into
             checksums[name] = file_sha256(self.tmp / f"{name}.npy")
         self.arrays.clear()
-        manifest = {**manifest, "format_version": STORE_FORMAT_VERSION, "checksums": checksums}
+        # positions / token ids are verified too, outside "checksums" (whose digest is the store's id)
+        aux = {f.stem: file_sha256(f) for f in sorted(self.tmp.glob("*.npy")) if f.stem not in checksums}
+        manifest = {**manifest, "format_version": STORE_FORMAT_VERSION, "checksums": checksums,
+                    "aux_checksums": aux}
         try:
             (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
         except OSError as e:

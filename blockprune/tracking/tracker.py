@@ -261,7 +261,7 @@ class Tracker:
     def __getstate__(self) -> dict[str, Any]:
         """Picklable for Ray: the mlflow module is re-imported (and re-pointed) on the other side;
         the calling thread's job run travels, so a remote child run inherits its tags."""
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_mlflow", "_local", "_fail_lock")}
+        state = {k: v for k, v in self.__dict__.items() if k not in ("_mlflow", "_local")}
         state["_job"] = (dict(self._job_tags), self._job_run_id)
         return state
 

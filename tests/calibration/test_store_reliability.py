@@ -75,7 +75,7 @@ def test_a_store_whose_array_changed_is_moved_aside_with_its_scores_and_captured
     assert reused and calls == ["float16"] and again.checksum == store.checksum and again.notes == {}
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "manifest"])
+@pytest.mark.parametrize("damage", ["truncate", "delete", "manifest", "positions"])
 def test_every_kind_of_damage_is_caught_before_reuse(tmp_path, damage: str) -> None:
     path = tmp_path / "store"
     write_store(path)
@@ -84,8 +84,10 @@ def test_every_kind_of_damage_is_caught_before_reuse(tmp_path, damage: str) -> N
         f.write_bytes(f.read_bytes()[:-1000])
     elif damage == "delete":
         (path / "h_000.npy").unlink()
-    else:
+    elif damage == "manifest":
         (path / "manifest.json").write_text('{"format_version": 1, "checks')
+    else:  # the sample's positions (per-window pooling reads them): verified, though not part of the store id
+        np.save(path / "positions.npy", np.ones((ROWS, 2), np.int64))
     assert finished_store(path) is None
     assert not path.exists() and (tmp_path / "store.corrupt").exists()
 
