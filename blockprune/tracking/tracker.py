@@ -556,14 +556,17 @@ def tmp_artifact_dir() -> tempfile.TemporaryDirectory:
 
 @contextlib.contextmanager
 def _quiet_store_errors() -> Iterator[None]:
-    """MLflow logs a sqlite error with its whole traceback before raising it; the tracker reports it once."""
+    """MLflow logs a sqlite error with its whole traceback before raising it; the tracker reports it once.
+
+    A filter of this call's own (added and removed), not a level change: calls in other threads cannot
+    leave the logger silenced."""
     logger = logging.getLogger("mlflow.store.db.utils")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
+    drop = logging.Filter("\0")  # matches no logger name: drops every record while installed
+    logger.addFilter(drop)
     try:
         yield
     finally:
-        logger.setLevel(level)
+        logger.removeFilter(drop)
 
 
 def process_start(pid: int) -> str:
