@@ -79,3 +79,33 @@ def wiki_store(smollm2: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -
     path = tmp_path_factory.mktemp("stores") / "smollm2-wiki"
     return capture(smollm2.model, adapter_for(smollm2.model), windows, path, {"model": "smollm2-135m"},
                    CaptureSettings(sample_rows=4096), progress=False)
+
+
+def private_mounts(cmd: list[str], tmpfs: dict[str, int] | None = None, readonly: list[str] | None = None) -> list[str]:
+    """``cmd`` run in a private mount namespace with small tmpfs filesystems (path → MiB) and read-only bind
+    mounts: a real full disk or read-only folder for one process, nothing changed for anyone else.
+
+    Needs root and ``unshare`` (as ``scripts/in-netns.sh`` does); the caller checks :func:`can_mount`."""
+    import shlex
+
+    steps = [f"mount -t tmpfs -o size={mib}m blockprune-test {shlex.quote(p)}" for p, mib in (tmpfs or {}).items()]
+    for p in readonly or []:
+        steps += [f"mount --bind {shlex.quote(p)} {shlex.quote(p)}", f"mount -o remount,bind,ro {shlex.quote(p)}"]
+    script = " && ".join([*steps, "exec " + " ".join(shlex.quote(c) for c in cmd)])
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+
+def can_mount() -> bool:
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def mounts() -> Callable[..., list[str]]:
+    """:func:`private_mounts`; fails (not skips) where mount namespaces are unavailable, as the suite needs them."""
+    assert can_mount(), "these tests need root and unshare (mount namespaces), as `make test` has"
+    return private_mounts

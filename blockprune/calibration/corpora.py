@@ -174,18 +174,54 @@ def _local_corpus(path: Path, text_field: str | None) -> Corpus:
         docs = [r[field] for r in ds if r[field] and r[field].strip()]
     elif path.suffix in (".jsonl", ".json"):
         docs = []
-        with path.open(encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
+        raw = path.read_bytes()
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise BadInputError(f"corpus {path} is not UTF-8 text (byte {e.start}, line {line}); re-encode it "
+                                "as UTF-8") from None
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
                 row = json.loads(line)
-                docs.append(_row_text(row, text_field, f"{path}:{i}"))
+            except json.JSONDecodeError as e:
+                raise BadInputError(f"corpus {path}, line {i}: not valid JSON ({e.msg}); a .jsonl corpus holds "
+                                    "one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise BadInputError(f"corpus {path}, line {i}: a JSON object is needed, got {type(row).__name__}")
+            docs.append(_row_text(row, text_field, f"{path}:{i}"))
     elif path.suffix in (".txt", ".md", "") and path.is_file():
         text = path.read_text(encoding="utf-8", errors="replace")
+        check_text(text, path)
         docs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     else:
         raise BadInputError(f"unsupported local corpus {path}: use .txt, .jsonl, .arrow or a saved datasets folder")
     return Corpus(path.name, tuple(docs), source=str(path.resolve()))
+
+
+# share of characters that may be undecodable or non-printable before a text file counts as binary
+MAX_GARBAGE = 0.05
+_GARBAGE_SAMPLE = 1 << 20
+
+
+def garbage_fraction(text: str) -> float:
+    """Share of characters (of the first MiB) that are U+FFFD (undecodable bytes) or control characters other
+    than whitespace: near 0 for prose in any script, large for binary data read as text."""
+    sample = text[:_GARBAGE_SAMPLE]
+    if not sample:
+        return 0.0
+    bad = sum(1 for ch in sample if ch == "\ufffd" or (not ch.isprintable() and ch not in "\n\r\t\f\v"))
+    return bad / len(sample)
+
+
+def check_text(text: str, path: Path) -> None:
+    """Refuse a text corpus that is mostly binary: calibrating on it would silently measure nothing useful."""
+    frac = garbage_fraction(text)
+    if frac > MAX_GARBAGE:
+        raise BadInputError(f"corpus {path} does not look like text: {frac:.0%} of its characters are undecodable "
+                            f"or non-printable (more than {MAX_GARBAGE:.0%}); give UTF-8 text")
 
 
 def _row_text(row: dict, text_field: str | None, where: str) -> str:

@@ -10,17 +10,26 @@ Layout of a store directory::
 
 Every boundary array holds the SAME rows (tokens), so any pair is a paired sample for mutual
 information. Arrays are written through memmaps and the directory is renamed into place only
-when complete, so a crash never leaves a store that looks valid.
+when complete, so a crash never leaves a store that looks valid. The array files are reserved
+on disk (``posix_fallocate``) before any row is written: a full disk is an error naming the
+path, not a ``SIGBUS`` through the memory map.
+
+A finished store is verified (sha256 of every array against the manifest) each time it is
+reused: :func:`open_or_capture` is the one reuse-or-capture path of the local, Ray and study
+runs, under the store's file lock. A store that no longer matches is moved aside and captured
+again, with the score cache inside it.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +61,66 @@ class StoreCorruptError(ResourceError):
     """A store's files do not match its manifest."""
 
 
+class StoreDtypeOverflowError(ResourceError, OverflowError):
+    """Activations do not fit the store dtype (float16): the capture can be repeated in float32."""
+
+
+class StoreDiskFullError(ResourceError):
+    """The filesystem of a store has no room for it."""
+
+
+def float16_overflow(name: str, rows: np.ndarray) -> None:
+    """Raise :class:`StoreDtypeOverflowError` when ``rows`` do not fit float16 (two passes, no temporary)."""
+    if not rows.size:
+        return
+    top = max(float(rows.max()), -float(rows.min()))
+    if top > float(np.finfo(np.float16).max):
+        raise StoreDtypeOverflowError(
+            f"activations at {name} exceed the float16 range ({top:.3g}); capture with store dtype float32")
+
+
+def disk_full(path: Path, needed: int | None, e: OSError) -> StoreDiskFullError:
+    """A one-line error for a write that found the disk full (or over quota)."""
+    free = shutil.disk_usage(existing_parent(path)).free
+    need = f"needs {needed / 1e6:,.0f} MB, " if needed else ""
+    return StoreDiskFullError(f"no space left for the activation store {path} ({need}{free / 1e6:,.0f} MB free "
+                              f"on its filesystem; {os.strerror(e.errno or errno.ENOSPC)}); free space or pass "
+                              "--store-root on a larger disk")
+
+
+def existing_parent(path: Path) -> Path:
+    """``path`` or its nearest existing ancestor (whose filesystem a new path would be on)."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def reserve(path: Path, size: int) -> None:
+    """Allocate ``size`` bytes of ``path`` on disk now, so that writes through a memory map cannot hit ENOSPC.
+
+    Filesystems without ``fallocate`` (EOPNOTSUPP/EINVAL) are left as they are."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
+
+
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+
+
 @dataclass
 class ActivationStore:
     """Read access to a finished store; arrays are memory-mapped (read-only)."""
 
     path: Path
     manifest: dict[str, Any]
+    # what happened on the way to this store (a corrupt copy replaced, a dtype fallback): logged as tags
+    notes: dict[str, str] = field(default_factory=dict, compare=False)
 
     @classmethod
     def open(cls, path: str | Path, verify: bool = False) -> ActivationStore:
@@ -65,19 +128,40 @@ class ActivationStore:
         mf = path / MANIFEST
         if not mf.exists():
             raise MissingFileError(f"{path} is not an activation store (no {MANIFEST})")
-        manifest = json.loads(mf.read_text())
-        if manifest.get("format_version") != STORE_FORMAT_VERSION:
-            raise StoreCorruptError(f"{path}: unsupported store format {manifest.get('format_version')}")
+        try:
+            manifest = json.loads(mf.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise StoreCorruptError(f"{mf} is not readable JSON ({e})") from None
+        if not isinstance(manifest, dict) or manifest.get("format_version") != STORE_FORMAT_VERSION:
+            version = manifest.get("format_version") if isinstance(manifest, dict) else None
+            raise StoreCorruptError(f"{path}: unsupported store format {version}")
         store = cls(path, manifest)
         if verify:
             store.verify()
         return store
 
-    def verify(self) -> None:
-        for name, digest in self.manifest["checksums"].items():
-            f = self.path / f"{name}.npy"
-            if not f.exists() or file_sha256(f) != digest:
-                raise StoreCorruptError(f"{f} is missing or does not match the manifest checksum")
+    def verify(self, threads: int | None = None) -> None:
+        """Every array file against its manifest sha256 (the whole file, header included).
+
+        Files are hashed on ``threads`` threads (default: up to 4, never more than the CPUs): hashlib and
+        file reads release the GIL, so this scales with cores (benchmarks/bench_store_verify.py)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        checksums = self.manifest.get("checksums")
+        if not isinstance(checksums, dict) or not checksums:
+            raise StoreCorruptError(f"{self.path / MANIFEST} lists no checksums")
+        checksums = {**checksums, **(self.manifest.get("aux_checksums") or {})}  # stores before aux: arrays only
+        files = {name: self.path / f"{name}.npy" for name in checksums}
+        for f in files.values():
+            if not f.is_file():
+                raise StoreCorruptError(f"{f} is missing")
+        workers = threads or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            digests = dict(zip(files, pool.map(file_sha256, files.values()), strict=True))
+        bad = sorted(name for name, digest in checksums.items() if digests[name] != digest)
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise StoreCorruptError(f"{files[bad[0]]} does not match its manifest checksum{more}")
 
     @property
     def checksum(self) -> str:
@@ -146,19 +230,25 @@ class StoreWriter:
             shutil.rmtree(self.tmp)
         self.tmp.mkdir()
         self.dtype = np.dtype(dtype)
-        self.arrays = {
-            n: np.lib.format.open_memmap(self.tmp / f"{n}.npy", mode="w+", dtype=self.dtype, shape=(n_rows, hidden))
-            for n in names
-        }
+        self.arrays: dict[str, np.memmap] = {}
         self.released: list[str] = []
+        try:
+            for n in names:
+                self.arrays[n] = np.lib.format.open_memmap(self.tmp / f"{n}.npy", mode="w+", dtype=self.dtype,
+                                                           shape=(n_rows, hidden))
+                reserve(self.tmp / f"{n}.npy", self.arrays[n].offset + self.arrays[n].nbytes)
+        except OSError as e:
+            self.abort()
+            if e.errno in _DISK_ERRNOS:
+                raise disk_full(self.final, len(names) * n_rows * hidden * self.dtype.itemsize, e) from None
+            raise
+        except BaseException:  # interrupted (SIGTERM, Ctrl-C) while laying out: leave nothing behind
+            self.abort()
+            raise
 
     def write_rows(self, name: str, start: int, rows: np.ndarray) -> None:
-        if self.dtype == np.float16 and rows.size:
-            top = max(float(rows.max()), -float(rows.min()))  # two passes, no |rows| temporary
-            if top > float(np.finfo(np.float16).max):
-                raise OverflowError(
-                    f"activations at {name} exceed the float16 range ({top:.3g}); capture with store dtype float32"
-                )
+        if self.dtype == np.float16:
+            float16_overflow(name, rows)
         if name in self.released:  # written again after release (a second pass over it): map it again
             self.released.remove(name)
             self.arrays[name] = np.load(self.tmp / f"{name}.npy", mmap_mode="r+")
@@ -174,7 +264,12 @@ class StoreWriter:
             self.released.append(name)
 
     def save_array(self, name: str, arr: np.ndarray) -> None:
-        np.save(self.tmp / f"{name}.npy", arr)
+        try:
+            np.save(self.tmp / f"{name}.npy", arr)
+        except OSError as e:
+            if e.errno in _DISK_ERRNOS:
+                raise disk_full(self.final, None, e) from None
+            raise
 
     def commit(self, manifest: dict[str, Any]) -> ActivationStore:
         checksums = {}
@@ -182,8 +277,16 @@ class StoreWriter:
             # no msync: read() goes through the page cache that the shared mapping writes into
             checksums[name] = file_sha256(self.tmp / f"{name}.npy")
         self.arrays.clear()
-        manifest = {**manifest, "format_version": STORE_FORMAT_VERSION, "checksums": checksums}
-        (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        # positions / token ids are verified too, outside "checksums" (whose digest is the store's id)
+        aux = {f.stem: file_sha256(f) for f in sorted(self.tmp.glob("*.npy")) if f.stem not in checksums}
+        manifest = {**manifest, "format_version": STORE_FORMAT_VERSION, "checksums": checksums,
+                    "aux_checksums": aux}
+        try:
+            (self.tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        except OSError as e:
+            if e.errno in _DISK_ERRNOS:
+                raise disk_full(self.final, None, e) from None
+            raise
         if self.final.exists():
             shutil.rmtree(self.final)
         os.replace(self.tmp, self.final)
@@ -202,8 +305,65 @@ def store_lock(path: Path) -> Any:
     return FileLock(str(path.with_name(path.name + ".lock")))
 
 
-def finished_store(path: Path) -> ActivationStore | None:
-    return ActivationStore.open(path) if (path / MANIFEST).exists() else None
+CORRUPT_SUFFIX = ".corrupt"
+
+
+def finished_store(path: Path, verify: bool = True) -> ActivationStore | None:
+    """The finished store at ``path``, its checksums verified; ``None`` when there is none or it was corrupt
+    (then moved aside, see :func:`check_finished`). Call it under :func:`store_lock`."""
+    return check_finished(path, verify)[0]
+
+
+def check_finished(path: Path, verify: bool = True) -> tuple[ActivationStore | None, str | None]:
+    """(store, why a corrupt copy was moved aside): the finished store at ``path`` if it verifies.
+
+    A corrupt store (an array changed, truncated or missing, an unreadable manifest) is moved aside to
+    ``<path>.corrupt`` (replacing an older one) with a WARNING naming the file, so that the caller
+    captures it again; the score cache inside it goes with it, so no score of it is ever reused."""
+    path = Path(path)
+    if not (path / MANIFEST).exists():
+        return None, None
+    try:
+        return ActivationStore.open(path, verify=verify), None
+    except StoreCorruptError as e:
+        aside = path.with_name(path.name + CORRUPT_SUFFIX)
+        if aside.exists():
+            shutil.rmtree(aside)
+        os.replace(path, aside)
+        log.warning("activation store not reused: %s; moved it to %s (the scores cached in it go with it; "
+                    "delete it when done) and capturing it again", e, aside)
+        return None, str(e)
+
+
+def open_or_capture(path: Path, capture: Callable[[str], ActivationStore], store_dtype: str,
+                    verify: bool = True) -> tuple[ActivationStore, bool]:
+    """(store, reused): the one reuse-or-capture path of every backend, under the store's file lock.
+
+    A finished store is verified and reused; a corrupt one is moved aside and captured again; partial
+    folders of crashed captures are removed before capturing. ``capture(dtype)`` writes the store at
+    ``path`` in that dtype; a float16 capture whose activations overflow is repeated in float32 at the
+    same path (the manifest records the dtype stored), with a WARNING."""
+    path = Path(path)
+    with store_lock(path):
+        store, why = check_finished(path, verify=verify)
+        if store is not None:
+            log.info("reusing activation store %s (checksums verified, no recapture)", path)
+            return store, True
+        notes = {}
+        if why is not None:
+            notes["store_replaced_corrupt"] = why
+        clear_stale_partials(path)
+        try:
+            store = capture(store_dtype)
+        except StoreDtypeOverflowError as e:
+            if store_dtype != "float16":
+                raise
+            log.warning("%s: capturing again in float32 (the store keeps its path; its manifest records float32)",
+                        str(e).split(";")[0])
+            notes["store_dtype_fallback"] = f"float16 → float32: {str(e).split(';')[0]}"
+            store = capture("float32")
+        store.notes.update(notes)
+        return store, False
 
 
 def clear_stale_partials(path: Path) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from blockprune.calibration.store import ActivationStore, clear_stale_partials, finished_store, store_lock
+from blockprune.calibration.store import ActivationStore, open_or_capture
 from blockprune.distributed.capture import capture_with_actors
 from blockprune.distributed.cluster import ClusterInfo, InsufficientResourcesError, cluster_info
 from blockprune.distributed.model_actor import ModelGroup, resolve_num_gpus
@@ -30,6 +30,7 @@ from blockprune.pipeline.config import ActorPlacement, DistributedSettings, JobC
 from blockprune.pipeline.evaluate import Evaluation
 from blockprune.pipeline.job import JobResult, run_job
 from blockprune.pipeline.prepare import Prepared, store_meta, store_path
+from blockprune.pipeline.results import ResultsFolder
 from blockprune.selection.plan import PrunePlan
 
 log = logging.getLogger(__name__)
@@ -115,20 +116,24 @@ class RayBackend:
                           name=f"{self.name or self.job.model} {purpose}", progress=self.progress)
 
     def capture(self, p: Prepared, progress: bool) -> tuple[ActivationStore, bool]:
+        """The same reuse-or-capture path as the local backend (verify, move a corrupt store aside, float32
+        fallback), with the rows written by the model actors."""
         path = store_path(p)
         replicas = self.settings.placement.replicas
-        with store_lock(path):
-            store = finished_store(path)
-            if store is not None:
-                log.info("reusing activation store %s (no recapture)", path)
-                return store, True
-            clear_stale_partials(path)
-            self.group = self._group(replicas, "capture")
-            store = capture_with_actors(p, self.group.actors, path, store_meta(p))
-            if replicas > 1:  # free the replicas' resources; one actor evaluates
-                self.group.close()
-                self.group = None
-            return store, False
+
+        def run(store_dtype: str) -> ActivationStore:
+            if self.group is None:
+                self.group = self._group(replicas, "capture")
+            meta = store_meta(p)
+            if store_dtype != p.job.capture.store_dtype:
+                meta["store_dtype_requested"] = p.job.capture.store_dtype
+            return capture_with_actors(p, self.group.actors, path, meta, store_dtype=store_dtype)
+
+        store, reused = open_or_capture(path, run, p.job.capture.store_dtype)
+        if not reused and replicas > 1 and self.group is not None:  # free the replicas; one actor evaluates
+            self.group.close()
+            self.group = None
+        return store, reused
 
     @property
     def scorers(self) -> RayScoring:
@@ -232,15 +237,16 @@ def run_distributed_job(job: JobConfig, tracker: Any | None = None, settings: Di
                         info: ClusterInfo | None = None, progress: bool = False,
                         echo: Callable[[str], None] = print, job_name: str | None = None,
                         tags: dict[str, str] | None = None, outcome: JobOutcome | None = None,
-                        log_lock: Any | None = None) -> JobOutcome:
+                        log_lock: Any | None = None, results: ResultsFolder | None = None) -> JobOutcome:
     """Run every trial of ``job`` on the connected cluster through the one job loop; raises on failure
-    (after releasing its actors), with ``outcome`` filled as far as the job got."""
+    (after releasing its actors), with ``outcome`` filled as far as the job got. ``results`` receives every
+    plan and number before it is logged."""
     out = outcome or JobOutcome(job_name or job.model, job.model, job.calibration.corpus)
     out.status = "RUNNING"
     backend = RayBackend(settings, info=info, progress=progress, name=job_name)
     try:
         run_job(job, backend, tracker, progress=progress, echo=echo, job_name=job_name, tags=tags,
-                log_lock=log_lock, result=out.result)
+                log_lock=log_lock, result=out.result, results=results)
     finally:
         out.num_gpus = backend.num_gpus
     out.status = "SUCCEEDED"

@@ -32,7 +32,9 @@ from blockprune.calibration.store import (
     ActivationStore,
     StoreWriter,
     boundary_name,
+    float16_overflow,
 )
+from blockprune.errors import BlockpruneError
 
 log = logging.getLogger(__name__)
 
@@ -90,11 +92,8 @@ class RowWriter:
         return self._files[name]
 
     def write_rows(self, name: str, start: int, rows: np.ndarray) -> None:
-        if self.dtype == np.float16 and rows.size and np.abs(rows).max() > np.finfo(np.float16).max:
-            raise OverflowError(
-                f"activations at {name} exceed the float16 range ({np.abs(rows).max():.3g}); "
-                "capture with store dtype float32"
-            )
+        if self.dtype == np.float16:
+            float16_overflow(name, rows)
         fd, offset, row_bytes, n_rows = self._open(name)
         if start < 0 or start + len(rows) > n_rows:
             raise IndexError(f"rows {start}..{start + len(rows) - 1} of {name}, which has {n_rows}")
@@ -149,11 +148,19 @@ def capture_layout(p: Any) -> tuple[np.ndarray, list[str], int, int, bool]:
     return positions, names, n_layers, hidden, skip
 
 
-def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, Any]) -> ActivationStore:
-    """Capture the store at ``path`` with one part per actor; the caller holds the store lock."""
+def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, Any],
+                        store_dtype: str | None = None) -> ActivationStore:
+    """Capture the store at ``path`` with one part per actor; the caller holds the store lock.
+
+    ``store_dtype`` overrides the job's (the float32 fallback of a float16 capture that overflowed). A
+    domain error raised in an actor (an overflow, NaN activations) is re-raised here as itself."""
+    import dataclasses
+
     import ray
 
     settings = p.job.capture
+    if store_dtype is not None:
+        settings = dataclasses.replace(settings, store_dtype=store_dtype)
     windows = p.windows
     positions, names, n_layers, hidden, skip = capture_layout(p)
     parts = split_windows(len(windows.input_ids), settings.batch_size, len(actors))
@@ -161,9 +168,14 @@ def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, A
     t0 = time.perf_counter()
     try:
         pos_ref = ray.put(positions)
-        refs = [a.capture_part.remote(str(writer.tmp), pos_ref, part, i)
+        refs = [a.capture_part.remote(str(writer.tmp), pos_ref, part, i, settings.store_dtype)
                 for i, (a, part) in enumerate(zip(actors, parts, strict=False))]
-        results = ray.get(refs)
+        try:
+            results = ray.get(refs)
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, BlockpruneError):
+                raise e.cause from None
+            raise
         streamed = [bool(r.pop("_streamed", False)) for r in results]
         stats = {g: BlockStats.from_dict(results[0][g]) for g in results[0]}
         for r in results[1:]:

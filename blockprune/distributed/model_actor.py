@@ -206,17 +206,20 @@ class ModelWorker:
 
     # ------------------------------------------------------------------ capture
 
-    def capture_part(self, tmp_dir: str, positions: Any, window_subset: list[int], part: int) -> dict[str, Any]:
+    def capture_part(self, tmp_dir: str, positions: Any, window_subset: list[int], part: int,
+                     store_dtype: str | None = None) -> dict[str, Any]:
         """Forward some windows and write their sampled rows into the shared store files.
 
         Idempotent: a retried part rewrites the same rows. Returns the raw statistic sums, which
         merge by addition into the single-process result, and whether the part ran layer-streamed.
+        ``store_dtype``: the dtype the driver laid the files out in (the job's, or float32 after a
+        float16 overflow).
         """
         from blockprune.calibration.capture import run_capture
         from blockprune.distributed.capture import RowWriter, mark_started
 
         mark_started(Path(tmp_dir), part)
-        writer = RowWriter(Path(tmp_dir), self.job.capture.store_dtype)
+        writer = RowWriter(Path(tmp_dir), store_dtype or self.job.capture.store_dtype)
         try:
             if self.streamed_device is not None:
                 from blockprune.calibration.streamed import run_capture_streamed

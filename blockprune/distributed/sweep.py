@@ -22,6 +22,7 @@ from blockprune.distributed.model_actor import resolve_num_gpus
 from blockprune.errors import BlockpruneError
 from blockprune.models.zoo import resolve_model
 from blockprune.pipeline.config import DistributedSettings
+from blockprune.pipeline.results import ResultsFolder, default_results_dir, slug
 from blockprune.pipeline.sweep_spec import SweepSpec
 from blockprune.tracking.tracker import Tracker
 
@@ -58,13 +59,15 @@ def run_sweep(spec: SweepSpec, *, tracker: Any | None = None, progress: bool = F
     outcomes = [JobOutcome(name, job.model, job.calibration.corpus) for name, job, _ in jobs]
     log_lock = threading.Lock()
     tags = {"blockprune.sweep": spec.name, "blockprune.sweep_id": sweep_id}
+    results_root = default_results_dir(f"sweep-{spec.name}", sweep_id)  # plans and numbers, before MLflow
 
     def run_one(i: int) -> None:
         name, job, m = jobs[i]
         settings = DistributedSettings(replace(m.placement, num_gpus=gpus[m.name]), spec.scoring)
         try:
             run_distributed_job(job, tracker, settings, log_lock=log_lock, info=info, progress=progress,
-                                echo=echo, job_name=name, tags=tags, outcome=outcomes[i])
+                                echo=echo, job_name=name, tags=tags, outcome=outcomes[i],
+                                results=ResultsFolder(results_root / slug(name)))
         except Exception as e:  # noqa: BLE001 - one failed job must not stop the others
             outcomes[i].status = "FAILED"
             outcomes[i].error = f"{type(e).__name__}: {e}"
@@ -82,6 +85,8 @@ def run_sweep(spec: SweepSpec, *, tracker: Any | None = None, progress: bool = F
         workers = cap
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="blockprune-job") as pool:
         list(pool.map(run_one, range(len(jobs))))
+    if results_root.exists():
+        echo(f"[blockprune] plans and results of every job: {results_root}")
     return SweepResult(spec.name, sweep_id, outcomes)
 
 

@@ -99,7 +99,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     p.add_argument("--experiment", default=None, help="MLflow experiment (default blockprune)")
     p.add_argument("--no-tracking", action="store_true", help="do not log to MLflow")
-    p.add_argument("--plan-out", default=None, help="write the (first) plan JSON here")
+    p.add_argument("--plan-out", default=None,
+                   help="write the (first) plan JSON here, as soon as it is selected")
+    p.add_argument("--results-dir", default=None,
+                   help="folder for every plan and a results.json, written before MLflow logging "
+                        "(default $BLOCKPRUNE_CACHE/results/<time>-<model>-<job id>)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -139,6 +143,9 @@ def _cli_trials(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError as e:
             raise SpecError(f"--estimator-params is not valid JSON ({e.msg}); give an object such as "
                             "'{\"k\": 5}'") from None
+        if not isinstance(params, dict):
+            raise SpecError(f"--estimator-params must be a JSON object such as '{{\"k\": 5}}', got "
+                            f"{args.estimator_params}")
     prunes = list(args.prune or ([] if args.prune_ratio is not None else [4]))
     if args.prune_ratio is not None:
         from transformers import AutoConfig
@@ -186,23 +193,36 @@ def tracking_from_args(args: argparse.Namespace) -> TrackingSpec:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockprune.pipeline.job import run_job
+    from blockprune.pipeline.job import JobResult, run_job
+    from blockprune.pipeline.results import ResultsFolder, default_results_dir
+    from blockprune.pipeline.space import check_writable_dir, check_writable_file
     from blockprune.tracking.tracker import Tracker
 
     job = job_from_args(args)
     tr = tracking_from_args(args)
     tracker = Tracker(tr.uri, tr.experiment, enabled=tr.enabled)
-    results = run_job(job, tracker=tracker, progress=not args.quiet).results
-    for r in results:
-        print(json.dumps({"trial": r.trial.name, "blocks": list(r.plan.blocks), "granularity": r.plan.granularity,
-                          "ppl_dense": round(r.metrics["ppl_dense"], 4), "ppl_pruned": round(r.metrics["ppl_pruned"], 4),
-                          "mlflow_run": r.run_id, "saved_to": r.saved_to}
-                         | ({"healed": {k: round(v, 4) for k, v in r.healed["metrics"].items()
-                                        if k.startswith("ppl_ratio_after.")},
-                             "healed_to": r.healed["merged_path"]} if r.healed else {})))
-    if args.plan_out and results:
-        results[0].plan.save(args.plan_out)
-        print(f"[blockprune] plan written to {args.plan_out}")
+    if args.plan_out:
+        check_writable_file(args.plan_out, "--plan-out")
+    results_dir = args.results_dir or default_results_dir(job.model, tracker.job_id)
+    if args.results_dir:
+        check_writable_dir(args.results_dir, "--results-dir")
+    out = JobResult()
+    try:
+        run_job(job, tracker=tracker, progress=not args.quiet, result=out,
+                results=ResultsFolder(results_dir, args.plan_out))
+    finally:  # what was computed is shown even when a late step failed
+        for r in out.results:
+            print(json.dumps({"trial": r.trial.name, "blocks": list(r.plan.blocks), "granularity": r.plan.granularity,
+                              "ppl_dense": round(r.metrics["ppl_dense"], 4),
+                              "ppl_pruned": round(r.metrics["ppl_pruned"], 4), "mlflow_run": r.run_id,
+                              "saved_to": r.saved_to}
+                             | ({"healed": {k: round(v, 4) for k, v in r.healed["metrics"].items()
+                                            if k.startswith("ppl_ratio_after.")},
+                                 "healed_to": r.healed["merged_path"]} if r.healed else {})))
+        if out.results_dir:
+            if args.plan_out and out.results:
+                print(f"[blockprune] plan written to {args.plan_out}")
+            print(f"[blockprune] plans and results: {out.results_dir}")
     return 0
 
 

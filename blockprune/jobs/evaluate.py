@@ -63,7 +63,7 @@ def measure(model: Any, tokenizer: Any, windows: Any, args: argparse.Namespace,
     return {**result.metrics, **({"samples": result.samples} if result.samples else {})}
 
 
-def _load(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any, str]:
+def _load(args: argparse.Namespace, plan: Any = None) -> tuple[list[tuple[str, Any]], Any, str]:
     """[(label, model)…], tokenizer, model id; raises on bad input before evaluation work."""
     from blockprune.models.apply import apply_plan, load_pruned, read_plan
     from blockprune.models.zoo import load_model
@@ -72,17 +72,10 @@ def _load(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any, str]:
         from transformers import AutoTokenizer
 
         plan = read_plan(args.pruned)
+        print(f"[blockprune] input checked; loading the pruned model {args.pruned} ({args.dtype})", flush=True)
         return [(f"pruned ({plan.method}, {plan.granularity} {list(plan.blocks)})",
                  load_pruned(args.pruned, dtype=args.dtype))], AutoTokenizer.from_pretrained(args.pruned), plan.model_id
-    plan = None
-    if args.plan:
-        from blockprune.selection.plan import PrunePlan
-
-        plan = PrunePlan.load(args.plan)
-        if plan.model_id != args.model:
-            from blockprune.models.apply import PlanMismatchError
-
-            raise PlanMismatchError(f"plan is for model {plan.model_id!r}, not {args.model!r}")
+    print(f"[blockprune] input checked; loading the model {args.model} ({args.dtype})", flush=True)
     model, tok, _ = load_model(args.model, dtype=args.dtype)
     models = [("dense", model)]
     if plan is not None:
@@ -91,6 +84,23 @@ def _load(args: argparse.Namespace) -> tuple[list[tuple[str, Any]], Any, str]:
         models.append((f"pruned ({plan.method}, {plan.granularity} {list(plan.blocks)})",
                        apply_plan(copy.deepcopy(model), plan)))
     return models, tok, args.model
+
+
+def read_checked_plan(args: argparse.Namespace) -> Any:
+    """``--plan`` read and checked against ``--model``'s config (model id, revision, layer count): no weights."""
+    if not args.plan:
+        return None
+    from transformers import AutoConfig
+
+    from blockprune.models.apply import check_plan_for_config
+    from blockprune.models.zoo import resolve_model
+    from blockprune.selection.plan import PrunePlan
+
+    plan = PrunePlan.load(args.plan)
+    resolved = resolve_model(args.model)
+    check_plan_for_config(plan, resolved.name, resolved.revision, AutoConfig.from_pretrained(resolved.path),
+                          f"plan file {args.plan}")
+    return plan
 
 
 def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
@@ -118,8 +128,21 @@ def run(args: argparse.Namespace) -> int:
         from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 
         resolve_task_names([t for t in args.tasks.split(",") if t])
+    if args.json_out:
+        from blockprune.pipeline.space import check_writable_file
+
+        check_writable_file(args.json_out, "--json-out")
+    if args.pruned:
+        from blockprune.models.apply import read_plan
+
+        read_plan(args.pruned)
+    else:
+        from blockprune.models.zoo import resolve_model
+
+        resolve_model(args.model)  # an unknown model is bad input, found before anything loads
+    plan = read_checked_plan(args)
     corpus = load_corpus(args.corpus)
-    models, tok, model_id = _load(args)
+    models, tok, model_id = _load(args, plan)
     windows = heldout_windows(tok, corpus, args.seq_len, args.eval_windows)
     from blockprune.calibration.windows import split_documents
 

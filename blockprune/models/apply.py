@@ -230,5 +230,17 @@ def _load_weights(model: Any, path: Path, dtype: torch.dtype) -> None:
 
 def read_plan(path: str | Path) -> PrunePlan:
     """The plan saved beside a pruned model."""
-    return PrunePlan.from_json((Path(path) / PLAN_FILE).read_text()) if Path(path).is_dir() else PrunePlan.load(path)
+    return PrunePlan.load(Path(path) / PLAN_FILE if Path(path).is_dir() else path)
+
+
+def check_plan_for_config(plan: PrunePlan, model_id: str, revision: str | None, config: Any,
+                          where: str = "the plan") -> None:
+    """The checks :func:`apply_plan` makes, from the model's config alone: before any weight loads."""
+    if plan.model_id != model_id:
+        raise PlanMismatchError(f"{where} is for model {plan.model_id!r}, not {model_id!r}")
+    if plan.revision is not None and revision is not None and plan.revision != revision:
+        raise PlanMismatchError(f"{where} is for revision {plan.revision!r} of {model_id!r}, the model is {revision!r}")
+    n = adapter_for_config(config).n_layers(config)
+    if plan.n_blocks != n:
+        raise PlanMismatchError(f"{where} is for a model with {plan.n_blocks} layers, {model_id} has {n}")
 

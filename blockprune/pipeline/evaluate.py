@@ -7,8 +7,10 @@ on the model it holds, so both log the same metrics for the same job.
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import logging
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +150,15 @@ def evaluate_plan(model: Any, p: Prepared, plan: PrunePlan | None, save_dir: str
     out = evaluate_model(pruned, p, progress)
     if save_dir:
         dest = Path(save_dir) / pruned_name(p, plan)
-        save_pruned(pruned, plan, dest, p.tokenizer)
+        try:
+            save_pruned(pruned, plan, dest, p.tokenizer)
+        except OSError as e:  # the free-space check ran before weights loaded; another writer may have filled it
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            shutil.rmtree(dest, ignore_errors=True)
+            from blockprune.pipeline.space import DiskSpaceError
+
+            raise DiskSpaceError(f"no space left to save the pruned model in {dest} ({e.strerror}); the partial "
+                                 "folder was removed") from None
         out.saved_to = str(dest)
     return out

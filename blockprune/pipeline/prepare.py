@@ -2,25 +2,27 @@
 
 ``prepare`` is the one place bad input is caught: unknown model, architecture, method or estimator, an
 estimator parameter the estimator does not take, ``--prune`` out of range, a corpus too short, unknown
-lm-eval tasks. Both backends call it first, so a mistake costs seconds, never a capture.
+lm-eval tasks, a ``--save-dir`` that is a file, too little disk space for the store or the pruned models.
+Both backends call it first, so a mistake costs seconds, never a capture.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from blockprune import estimators
 from blockprune.calibration.capture import capture, store_key
 from blockprune.calibration.corpora import Corpus, load_corpus
-from blockprune.calibration.store import ActivationStore, clear_stale_partials, finished_store, store_lock
+from blockprune.calibration.store import MANIFEST, ActivationStore, open_or_capture
 from blockprune.calibration.windows import TokenWindows, calibration_windows, heldout_windows
 from blockprune.env import cache_dir
 from blockprune.errors import BadInputError
 from blockprune.evaluation.lm_eval_tasks import resolve_task_names
-from blockprune.models.adapters import Adapter, adapter_for_config
+from blockprune.models.adapters import Adapter, adapter_for_config, text_config
 from blockprune.models.zoo import ResolvedModel, load_tokenizer, resolve_model
 from blockprune.pipeline.config import JobConfig, TrialSpec
 from blockprune.selection.methods import METHODS
@@ -51,6 +53,9 @@ def validate_trial(trial: TrialSpec, n_layers: int) -> None:
             f"--prune must be between 1 and {n_layers - 1} for a model with {n_layers} layers, got {trial.n_prune}")
     if trial.granularity != "layer" and spec.layer_only:
         raise BadInputError(f"method {trial.method!r} scores runs of whole layers; use granularity 'layer'")
+    if not isinstance(trial.estimator_params, dict):
+        raise BadInputError(f"estimator parameters must be a JSON object such as {{\"k\": 5}}, got "
+                            f"{trial.estimator_params!r}")
     if trial.estimator is not None:
         est = estimators.get(trial.estimator)  # unknown estimator → lists the known ones
         if spec.estimator_kind is None:
@@ -92,7 +97,24 @@ def prepare(job: JobConfig) -> Prepared:
     eval_name = ev.corpus or cal.corpus
     eval_corpus = corpus if eval_name == cal.corpus else load_corpus(eval_name, job.text_field)
     eval_windows = heldout_windows(tokenizer, eval_corpus, ev.seq_len or cal.seq_len, ev.windows)
-    return Prepared(job, resolved, adapter, n_layers, tokenizer, corpus, windows, eval_windows, eval_name)
+    p = Prepared(job, resolved, adapter, n_layers, tokenizer, corpus, windows, eval_windows, eval_name)
+    check_space(p, int(text_config(config).hidden_size))
+    return p
+
+
+def check_space(p: Prepared, hidden: int) -> None:
+    """Room for the store (unless it is finished already) and for every pruned model ``save_dir`` will hold."""
+    from blockprune.pipeline.space import check_job_space, store_bytes
+
+    cap = p.job.capture
+    path = store_path(p)
+    needed = None
+    if not (path / MANIFEST).exists():
+        ids = p.windows.input_ids
+        per_window = ids.shape[1] - (1 if p.windows.has_bos and not cap.include_bos else 0)
+        n_rows = min(cap.sample_rows, ids.shape[0] * per_window)
+        needed = store_bytes(p.n_layers, hidden, n_rows, cap.capture_mid, cap.store_dtype)
+    check_job_space(path, needed, p.job.save_dir, p.resolved.path, p.job.dtype, p.job.trials)
 
 
 # ----------------------------------------------------------------------------------- the store
@@ -118,24 +140,29 @@ def store_path(p: Prepared) -> Path:
     return root / f"{p.resolved.name.replace('/', '__')}-{store_key(store_meta(p), p.job.capture)}"
 
 
-def capture_or_reuse(p: Prepared, model: Any, progress: bool = True, *,
+def capture_or_reuse(p: Prepared, model: Any, progress: bool = True,
+                     load: Callable[[], Any] | None = None, *,
                      streamed_device: str | None = None) -> tuple[ActivationStore, bool]:
-    """(store, reused): a finished store with the same settings is reused, never recaptured.
+    """(store, reused): a finished store with the same settings is verified and reused, never recaptured.
 
-    Under the store's file lock, as the distributed path: a job that waits for another's capture of the
-    same store reuses it, and partial folders of crashed captures are removed before capturing anew.
+    Through :func:`~blockprune.calibration.store.open_or_capture`, as the distributed path: under the store's
+    file lock, a corrupt store is moved aside and captured again, partial folders of crashed captures are
+    removed, and a float16 capture that overflows is repeated in float32 at the same path. ``load`` gives
+    the model when ``model`` is None and a capture turns out to be needed (a caller that expected reuse).
     ``streamed_device`` captures layer by layer from the checkpoint on that device (``model`` unused): the
     same store, for a model larger than memory."""
-    path = store_path(p)
-    with store_lock(path):
-        store = finished_store(path)
-        if store is not None:
-            log.info("reusing activation store %s (no recapture)", path)
-            return store, True
-        clear_stale_partials(path)
+
+    def run(store_dtype: str) -> ActivationStore:
+        settings = replace(p.job.capture, store_dtype=store_dtype)
+        meta = store_meta(p)
+        if store_dtype != p.job.capture.store_dtype:
+            meta["store_dtype_requested"] = p.job.capture.store_dtype
         if streamed_device is not None:
             from blockprune.calibration.streamed import capture_streamed
 
-            return capture_streamed(p.resolved.path, p.adapter, p.windows, path, store_meta(p), p.job.capture,
-                                    dtype=p.job.dtype, device=streamed_device, progress=progress), False
-        return capture(model, p.adapter, p.windows, path, store_meta(p), p.job.capture, progress=progress), False
+            return capture_streamed(p.resolved.path, p.adapter, p.windows, store_path(p), meta, settings,
+                                    dtype=p.job.dtype, device=streamed_device, progress=progress)
+        m = model if model is not None or load is None else load()
+        return capture(m, p.adapter, p.windows, store_path(p), meta, settings, progress=progress)
+
+    return open_or_capture(store_path(p), run, p.job.capture.store_dtype)

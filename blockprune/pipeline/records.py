@@ -41,7 +41,11 @@ def job_tags(p: Prepared, engine_tags: Mapping[str, str]) -> dict[str, str]:
 
 
 def store_tags(store: ActivationStore, reused: bool) -> dict[str, Any]:
-    return {"store_checksum": store.checksum, "store_reused": reused, "store_path": store.path}
+    """The store's id and fate; ``store_dtype`` is what the manifest records (float32 after a float16 overflow),
+    and ``store_notes`` (e.g. ``store_replaced_corrupt``, ``store_dtype_fallback``) say what happened to it."""
+    dtype = store.manifest.get("settings", {}).get("store_dtype", "")
+    return {"store_checksum": store.checksum, "store_reused": reused, "store_path": store.path,
+            "store_dtype": dtype, **store.notes}
 
 
 def trial_record(p: Prepared, store: ActivationStore, trial: TrialSpec, dense: Mapping[str, float],

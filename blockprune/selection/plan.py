@@ -8,11 +8,11 @@ which method/estimator with which parameters, which calibration data, and the sc
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from blockprune.errors import BadInputError
+from blockprune.errors import BadInputError, MissingFileError
 
 Granularity = Literal["layer", "attention", "mlp"]
 GRANULARITIES: tuple[str, ...] = ("layer", "attention", "mlp")
@@ -88,20 +88,40 @@ class PrunePlan:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PrunePlan:
+    def from_dict(cls, d: Any) -> PrunePlan:
+        """A plan from its JSON form; a wrong shape is a one-line :class:`BadInputError` saying what is wrong."""
+        if not isinstance(d, dict):
+            raise BadInputError(f"a plan must be a JSON object, got a {type(d).__name__}")
         d = dict(d)
         version = d.pop("format_version", PLAN_FORMAT_VERSION)
         if version != PLAN_FORMAT_VERSION:
             raise BadInputError(f"unsupported plan format_version {version}")
+        _check_keys(d, cls, "a plan")
         cal = d.get("calibration")
         if cal is not None:
+            if not isinstance(cal, dict):
+                raise BadInputError(f"the plan's calibration must be an object, got {type(cal).__name__}")
+            _check_keys(cal, CalibrationSettings, "the plan's calibration")
             d["calibration"] = CalibrationSettings(**cal)
-        d["blocks"] = tuple(d["blocks"])
+        blocks = d["blocks"]
+        if not isinstance(blocks, list | tuple) or not all(isinstance(b, int) and not isinstance(b, bool)
+                                                           for b in blocks):
+            raise BadInputError(f"the plan's blocks must be a list of integers, got {blocks!r}")
+        d["blocks"] = tuple(blocks)
+        for key, kind, what in (("n_blocks", int, "an integer"), ("model_id", str, "a string"),
+                                ("estimator_params", dict, "an object"), ("scores", dict, "an object"),
+                                ("run_scores", dict, "an object"), ("info", dict, "an object")):
+            if key in d and (not isinstance(d[key], kind) or isinstance(d[key], bool)):
+                raise BadInputError(f"the plan's {key} must be {what}, got {d[key]!r}")
         return cls(**d)
 
     @classmethod
     def from_json(cls, text: str) -> PrunePlan:
-        return cls.from_dict(json.loads(text))
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"the plan is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+        return cls.from_dict(data)
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -110,7 +130,29 @@ class PrunePlan:
 
     @classmethod
     def load(cls, path: str | Path) -> PrunePlan:
-        return cls.from_json(Path(path).read_text())
+        """Read a plan file; every problem is one line naming the file."""
+        path = Path(path)
+        if not path.is_file():
+            raise MissingFileError(f"plan file {path} does not exist" + (" (it is a folder)" if path.is_dir() else ""))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise BadInputError(f"plan file {path} is not UTF-8 text (byte {e.start})") from None
+        try:
+            return cls.from_json(text)
+        except BadInputError as e:
+            raise BadInputError(f"plan file {path}: {e}") from None
+
+
+def _check_keys(d: dict[str, Any], cls: Any, what: str) -> None:
+    """Missing required keys or unknown keys of a dataclass's JSON form, both named."""
+    names = {f.name for f in fields(cls)}
+    required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
+    missing, unknown = sorted(required - set(d)), sorted(set(d) - names)
+    problems = ([f"missing key(s) {', '.join(missing)}"] if missing else []) + (
+        [f"unknown key(s) {', '.join(unknown)}"] if unknown else [])
+    if problems:
+        raise BadInputError(f"{what} has {' and '.join(problems)}; its keys are: {', '.join(sorted(names))}")
 
 
 def run_key(run: tuple[int, ...] | list[int]) -> str:

@@ -102,7 +102,13 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
             p = prepare(_job(spec, m, cal, todo))
             if not (store_path(p) / "manifest.json").exists() and m.name not in models:
                 models[m.name] = load_model(m.name, dtype=spec.dtype)[0]
-            store, reused = capture_or_reuse(p, models.get(m.name))
+
+            def load(name: str = m.name) -> Any:  # a store that fails verification is captured again
+                if name not in models:
+                    models[name] = load_model(name, dtype=spec.dtype)[0]
+                return models[name]
+
+            store, reused = capture_or_reuse(p, models.get(m.name), load=load)
             manifest = store.manifest
             echo(f"[study] {ckey}: store {'reused' if reused else 'captured'} "
                  f"({manifest.get('capture_seconds', 0):.1f} s capture); {len(todo)} selections to make")

@@ -2,9 +2,10 @@
 # A lean MLflow tracking server for a Ray head node (or any one machine of a cluster).
 #
 # Every setting comes from the environment (see mlflow.env.example); defaults give a private,
-# loopback-only server on sqlite, good for one user. For a cluster set MLFLOW_HOST=0.0.0.0 (or the
-# head's private IP), a SQL backend (PostgreSQL) and a shared artifact destination (S3/MinIO or a
-# path every node can read), and point jobs at it with MLFLOW_TRACKING_URI=http://<head>:<port>.
+# loopback-only server on sqlite, good for one user. For a cluster keep it on 127.0.0.1 behind an
+# authenticating reverse proxy on the head's private IP (the server itself has no authentication; see
+# README.md), use a SQL backend (PostgreSQL) and a shared artifact destination (S3/MinIO or a path
+# every node can read), and point jobs at it with MLFLOW_TRACKING_URI=http://<head>:<port>.
 #
 # Lean on purpose: one worker process (≈ 0.5 GB resident), MLflow's job-execution backend off,
 # telemetry off. Artifacts are proxied (--serve-artifacts): clients need only the tracking URI,

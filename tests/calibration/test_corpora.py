@@ -80,3 +80,44 @@ def test_corpus_too_short_is_reported_before_any_forward(tokenizer) -> None:
     tiny = Corpus("tiny", tuple(f"document {i}: one two three four five six seven" for i in range(3)), "test")
     with pytest.raises(CorpusTooShortError, match=r"fewer than the 4 × 64"):
         calibration_windows(tokenizer, tiny, 4, 64)
+
+
+def test_binary_garbage_txt_is_refused_naming_the_file(tmp_path) -> None:
+    """Before: read with errors='replace' and calibrated on."""
+    from blockprune.errors import BadInputError
+
+    f = tmp_path / "garbage.txt"
+    f.write_bytes(np.random.default_rng(0).integers(0, 256, 200_000, dtype=np.uint8).tobytes())
+    with pytest.raises(BadInputError, match="does not look like text") as e:
+        load_corpus(str(f))
+    assert str(f) in str(e.value)
+
+
+@pytest.mark.parametrize("text", [
+    "Plain English prose.\n\nA second paragraph, with tabs\tand numbers 1.5e3.",
+    "Übersetzung, naïve café, 東京は日本の首都です。 Москва — столица России. مرحبا بالعالم",
+    "emoji 🙂 and a zero\u200bwidth space, a soft\u00adhyphen, \u201cquotes\u201d",
+])
+def test_real_text_in_any_script_is_accepted(tmp_path, text: str) -> None:
+    f = tmp_path / "ok.txt"
+    f.write_text(text * 50, encoding="utf-8")
+    assert load_corpus(str(f)).n_chars > 0
+
+
+def test_jsonl_problems_name_the_file_and_line(tmp_path) -> None:
+    from blockprune.errors import BadInputError
+
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    with pytest.raises(BadInputError, match="not UTF-8 text.*line 2") as e:
+        load_corpus(str(latin))
+    assert str(latin) in str(e.value)
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text('{"text": "a"}\n{"text": "b')
+    with pytest.raises(BadInputError, match="line 2: not valid JSON") as e:
+        load_corpus(str(cut))
+    assert str(cut) in str(e.value)
+    arr = tmp_path / "list.jsonl"
+    arr.write_text('["a", "b"]\n')
+    with pytest.raises(BadInputError, match="line 1: a JSON object is needed"):
+        load_corpus(str(arr))

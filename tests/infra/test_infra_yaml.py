@@ -146,3 +146,16 @@ def test_example_sweep_specs_are_valid(path: Path) -> None:
     spec = load_spec(path)
     validate_spec(spec, resolve_models=False)
     assert spec.jobs() and spec.trials
+
+
+@pytest.mark.parametrize("doc", ["README.md", "infra/README.md"])
+def test_every_documented_ray_job_submit_exports_the_auth_mode_first(doc: str) -> None:
+    """Ray 2.60's `ray job submit` sends the cluster token only with RAY_AUTH_MODE=token; a cluster started
+    where ~/.ray/auth_token exists requires it (issue #18, case 10). The netns test runs the block itself."""
+    text = (REPO / doc).read_text()
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
+    submits = [b for b in blocks if re.search(r"^ray job submit", b, flags=re.M)]
+    assert submits
+    for b in submits:
+        before = b[: re.search(r"^ray job submit", b, flags=re.M).start()]
+        assert "export RAY_AUTH_MODE=token" in before, b

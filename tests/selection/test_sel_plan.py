@@ -77,3 +77,51 @@ def test_run_keys() -> None:
         parse_run_key("5-3")
     with pytest.raises(ValueError):
         parse_run_key("x")
+
+
+def _plan_json(**changes: object) -> dict:
+    d = PrunePlan(model_id="smollm2-135m", n_blocks=30, blocks=(3, 4), calibration=CAL).to_dict()
+    for k, v in changes.items():
+        if v is None:
+            d.pop(k)
+        else:
+            d[k] = v
+    return d
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (_plan_json(blocks=None), "missing key(s) blocks"),
+    (_plan_json(model_id=None, n_blocks=None), "missing key(s) model_id, n_blocks"),
+    (_plan_json(layers=[1, 2]), "unknown key(s) layers"),
+    ([_plan_json()], "must be a JSON object, got a list"),
+    (_plan_json(blocks="3,4"), "blocks must be a list of integers"),
+    (_plan_json(calibration={"corpus": "x", "n_samples": 1}), "calibration has missing key(s) seq_len"),
+    (_plan_json(n_blocks="30"), "n_blocks must be an integer"),
+])
+def test_a_malformed_plan_file_is_one_line_naming_the_file(tmp_path: Path, content: object, message: str) -> None:
+    """Before: a TypeError/KeyError traceback that named neither the file nor the key."""
+    import json
+
+    from blockprune.errors import BadInputError
+
+    f = tmp_path / "plan.json"
+    f.write_text(json.dumps(content))
+    with pytest.raises(BadInputError) as e:
+        PrunePlan.load(f)
+    assert str(f) in str(e.value) and message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b'{"model_id": "smollm2-135m", "n_bl', "not valid JSON"),
+    ('{"model_id": "caf\xe9"}'.encode("latin-1"), "not UTF-8"),
+])
+def test_a_plan_file_that_is_not_json_names_the_file(tmp_path: Path, data: bytes, message: str) -> None:
+    from blockprune.errors import BadInputError
+
+    f = tmp_path / "plan.json"
+    f.write_bytes(data)
+    with pytest.raises(BadInputError, match=message) as e:
+        PrunePlan.load(f)
+    assert str(f) in str(e.value)
+    with pytest.raises(BadInputError, match="does not exist"):
+        PrunePlan.load(tmp_path / "missing.json")

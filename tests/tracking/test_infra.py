@@ -45,6 +45,17 @@ def test_env_example_covers_the_compose_variables() -> None:
     assert example["MLFLOW_WORKERS"] == "1" and example["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
 
 
+def test_env_example_binds_loopback_and_says_how_to_expose_it_safely() -> None:
+    """The server has no authentication: whoever copies the example must not get it on every interface."""
+    text = (INFRA / "mlflow.env.example").read_text()
+    example = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert example["MLFLOW_HOST"] == "127.0.0.1"
+    assert "0.0.0.0" not in example.values()
+    assert "reverse proxy" in text and "basic-auth" in text
+    readme = (INFRA / "README.md").read_text()
+    assert "reverse proxy" in readme and "--app-name basic-auth" in readme
+
+
 def test_server_script_and_systemd_unit() -> None:
     script = INFRA / "mlflow-server.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
