@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,12 @@ def _read_tensor(f: Any, tensor: Any) -> np.ndarray:
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class _ShardWriter:
     """Appends tensors to safetensors shards of at most ``max_bytes``; writes the HF index at the end."""
 
@@ -81,7 +87,9 @@ class _ShardWriter:
 
         if not self.pending:
             return
-        save_file(self.pending, str(self.folder / f"shard-{len(self.shards):05d}.tmp"), metadata={"format": "pt"})
+        path = self.folder / f"shard-{len(self.shards):05d}.tmp"
+        save_file(self.pending, str(path), metadata={"format": "pt"})
+        path.chmod(0o666 & ~_umask())  # safetensors creates files private to the owner; the cache is shared
         self.shards.append(list(self.pending))
         self.pending, self.pending_bytes = {}, 0
 
@@ -133,9 +141,12 @@ def _gguf_to_hf_names(skeleton: Any, processor: Any, architecture: str, n_layers
 
 
 def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype, *, shard_bytes: int = 512 << 20,
+                 tokenizer_overrides: Mapping[str, Any] | None = None,
                  progress: Callable[[str], None] | None = None) -> Any:
     """Write ``out`` (a new folder): config, weights in ``dtype`` as safetensors shards, tokenizer.
 
+    ``tokenizer_overrides`` sets tokenizer attributes where the GGUF metadata differs from the
+    official tokenizer (e.g. Qwen: the GGUF names a BOS token, the official tokenizer has none).
     Returns the config. Raises RuntimeError (a bug, not bad input) when the GGUF's tensors do not
     cover the model exactly.
     """
@@ -189,5 +200,8 @@ def convert_gguf(gguf: Path, out: Path, dtype: torch.dtype, *, shard_bytes: int 
     writer.close()
     config.save_pretrained(out)
     GenerationConfig.from_model_config(config).save_pretrained(out)
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    for key, value in (tokenizer_overrides or {}).items():
+        setattr(tokenizer, key, value)
+    tokenizer.save_pretrained(out)
     return config

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -49,6 +50,8 @@ class BundledModel:
     stored_dtype: str = "float32"
     needs_bos: bool = True
     provenance: str = ""
+    tokenizer_overrides: tuple[tuple[str, Any], ...] = ()
+    recipe: str | None = None  # changes when the conversion's output would; a folder made otherwise is redone
 
     @property
     def revision(self) -> str:
@@ -171,6 +174,10 @@ for _chunks, _size, _layers, _hidden, _params in (
             n_params=_params,
             chunks=_chunks,
             stored_dtype="bfloat16",  # the 1.5B is 3.6 GB on disk instead of 7.1 GB; loads in any compute dtype
+            # The GGUF names <|endoftext|> as BOS; the official Qwen tokenizer has none, and a window that starts
+            # with it doubles the 0.5B's held-out perplexity (84.6 vs 42.1 on the same Wikipedia tokens).
+            tokenizer_overrides=(("bos_token", None),),
+            recipe="streamed-gguf/bf16/no-bos/1",
             provenance=_QWEN_PROVENANCE.format(size=_size, file=_chunks.filename),
         ),
     )
@@ -184,6 +191,21 @@ class ResolvedModel:
     path: str  # local folder, or a hub id when online
     revision: str | None
     bundled: bool
+
+
+RECIPE_FILE = "blockprune_conversion.json"
+
+
+def _is_current(dest: Path, spec: BundledModel) -> bool:
+    """A finished conversion (renamed into place) by the model's current recipe."""
+    if not (dest / "config.json").exists():
+        return False
+    if spec.recipe is None:
+        return True
+    try:
+        return json.loads((dest / RECIPE_FILE).read_text()).get("recipe") == spec.recipe
+    except (OSError, ValueError):
+        return False
 
 
 def _convert_bundled(spec: BundledModel, root: Path, dest: Path, progress: bool = True) -> None:
@@ -208,12 +230,15 @@ def _convert_bundled(spec: BundledModel, root: Path, dest: Path, progress: bool 
         from tqdm.auto import tqdm
 
         with tqdm(desc=f"converting {spec.name}", unit=" tensors", disable=not progress) as bar:
-            convert_gguf(gguf, out, getattr(torch, spec.stored_dtype), progress=lambda _: bar.update())
+            convert_gguf(gguf, out, getattr(torch, spec.stored_dtype), tokenizer_overrides=dict(spec.tokenizer_overrides),
+                         progress=lambda _: bar.update())
         (out / "BLOCKPRUNE_SOURCE.txt").write_text(
             f"{spec.name}: dequantised from {gguf.name} shipped in {spec.revision}, stored as {spec.stored_dtype}.\n"
             + (f"Provenance: {spec.provenance}.\n" if spec.provenance else "")
             + f"Licence: {spec.licence}\n"
         )
+        (out / RECIPE_FILE).write_text(json.dumps({"model": spec.name, "recipe": spec.recipe,
+                                                   "stored_dtype": spec.stored_dtype, "source": spec.revision}) + "\n")
         os.replace(out, dest)  # atomic: a crash never leaves a half-written model folder
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -229,14 +254,15 @@ def resolve_model(name: str, progress: bool = True) -> ResolvedModel:
         spec = BUNDLED.get(name)
         root = Path(cache_dir()) / "models"
         dest = root / name
-        if not (dest / "config.json").exists():
+        if not _is_current(dest, spec):
             spec.check_installed()
             root.mkdir(parents=True, exist_ok=True)
             from filelock import FileLock
 
             with FileLock(str(root / f"{name}.lock")):
-                if not (dest / "config.json").exists():
+                if not _is_current(dest, spec):
                     if dest.exists():
+                        log.info("%s: converted folder %s is from another conversion recipe; redoing it", name, dest)
                         shutil.rmtree(dest)
                     _convert_bundled(spec, root, dest, progress)
         return ResolvedModel(name=name, path=str(dest), revision=spec.revision, bundled=True)
