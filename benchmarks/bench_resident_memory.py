@@ -145,13 +145,26 @@ def run_stage(stage: str, args: argparse.Namespace, dtype: str, env: dict[str, s
     return result
 
 
-_MARKS = {  # output line → the stage it ends (the CLI's own lines; load ends where capture's bar starts)
+_MARKS = {  # the CLI's own output lines, in order: each ends a stage
     "prepare": re.compile(r"\[blockprune\] .*: \d+ layers"),
-    "load": re.compile(r"^capture:|INFO blockprune.calibration.capture"),
-    "capture": re.compile(r"activation store (captured|reused)"),
+    "capture": re.compile(r"captured \d+ rows .* in ([0-9.]+) s"),
     "dense_eval": re.compile(r"dense perplexity"),
     "pruned_eval": re.compile(r"drop layers .* perplexity"),
 }
+
+
+def stage_seconds(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds per stage from time-stamped CLI output; load = from prepare's end to capture's start."""
+    ends: dict[str, float] = {}
+    capture_s = 0.0
+    for t, seg in lines:
+        for name, pat in _MARKS.items():
+            if name not in ends and (m := pat.search(seg)):
+                ends[name] = t
+                if name == "capture":
+                    capture_s = float(m.group(1))
+    return {"prepare": ends["prepare"], "load": ends["capture"] - capture_s - ends["prepare"], "capture": capture_s,
+            "dense_eval": ends["dense_eval"] - ends["capture"], "pruned_eval": ends["pruned_eval"] - ends["dense_eval"]}
 
 
 def run_calibrate(args: argparse.Namespace, dtype: str, env: dict[str, str]) -> dict:
@@ -160,20 +173,12 @@ def run_calibrate(args: argparse.Namespace, dtype: str, env: dict[str, str]) -> 
                    "print('MAXRSS', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024, flush=True); "
                    "sys.exit(rc)")
         cmd = [sys.executable, "-c", wrapper, sys.executable, "-m", "blockprune.jobs.calibrate", "--model", args.model,
-               "--method", "shortgpt", "--prune", "6", "--no-tracking", "--store-root", stores, "--dtype", dtype]
+               "--method", "shortgpt", "--prune", "6", "--no-tracking", "--store-root", stores, "--dtype", dtype,
+               "--n-samples", str(args.n_samples), "--seq-len", str(args.seq_len), "--eval-windows", str(args.eval_windows)]
         rc, lines, polled, seconds = _run(cmd, env)
     if rc != 0:
         raise RuntimeError("calibrate failed:\n" + "\n".join(s for _, s in lines[-30:]))
-    ends: dict[str, float] = {}
-    for t, seg in lines:
-        for name, pat in _MARKS.items():
-            if name not in ends and pat.search(seg):
-                ends[name] = t
-    order = [k for k in _MARKS if k in ends]
-    stages, prev = {}, 0.0
-    for name in order:
-        stages[name] = ends[name] - prev
-        prev = ends[name]
+    stages = stage_seconds(lines)
     result = json.loads(next(s for _, s in reversed(lines) if s.startswith("{")))
     maxrss = int(next(s for _, s in lines if s.startswith("MAXRSS")).split()[1])
     return {"stage": "calibrate", "dtype": dtype, "seconds": seconds, "stage_seconds": stages,
@@ -191,6 +196,7 @@ def main() -> None:
     ap.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="compute dtypes to measure")
     ap.add_argument("--stages", nargs="+", default=["convert", "load", "capture", "perplexity", "calibrate"])
     ap.add_argument("--calibrate-dtypes", nargs="+", default=["float32"])
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--child", nargs=6, metavar=("STAGE", "MODEL", "DTYPE", "N", "SEQ", "EVAL"))
     a = ap.parse_args()
     if a.child:
@@ -199,10 +205,14 @@ def main() -> None:
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     runs: list[dict] = []
-    if "convert" in a.stages:
-        with tempfile.TemporaryDirectory(dir=os.environ.get("BLOCKPRUNE_CACHE")) as cache:
-            runs.append(run_stage("convert", a, "bfloat16", env | {"BLOCKPRUNE_CACHE": cache}))
-            print(f"convert: {runs[-1]['seconds']:.0f} s, peak RSS {runs[-1]['peak_rss'] / GB:.2f} GB", flush=True)
+    if "convert" in a.stages:  # into the normal cache when the model is not there yet, else into a scratch one
+        from blockprune.env import cache_dir
+        from blockprune.models.zoo import BUNDLED, _is_current
+
+        fresh = not _is_current(Path(cache_dir()) / "models" / a.model, BUNDLED.get(a.model))
+        with tempfile.TemporaryDirectory(dir=Path(cache_dir()).parent) as scratch:
+            runs.append(run_stage("convert", a, "bfloat16", env if fresh else env | {"BLOCKPRUNE_CACHE": scratch}))
+        print(f"convert: {runs[-1]['seconds']:.0f} s, peak RSS {runs[-1]['peak_rss'] / GB:.2f} GB", flush=True)
     # the other stages use the converted folder in the normal cache: make sure it exists (not timed)
     subprocess.run([sys.executable, "-c", "from blockprune.models.zoo import resolve_model; "
                     f"resolve_model({a.model!r}, progress=False)"], check=True, env=env)
@@ -237,11 +247,11 @@ def main() -> None:
             print(f"\ncalibrate ({r['dtype']}): dense ppl {r['ppl_dense']:.3f}, pruned ppl {r['ppl_pruned']:.3f} "
                   f"(drop {r['blocks']}); stage seconds " +
                   ", ".join(f"{k} {v:.0f}" for k, v in r["stage_seconds"].items()) + f"; total {r['seconds']:.0f} s")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"model": a.model, "n_samples": a.n_samples, "seq_len": a.seq_len,
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps({"model": a.model, "n_samples": a.n_samples, "seq_len": a.seq_len,
                                    "eval_windows": a.eval_windows, "threads": os.cpu_count(),
                                    "load_average_1m": os.getloadavg()[0], "runs": runs}, indent=1))
-    print(f"wrote {RESULTS}")
+    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":
