@@ -348,3 +348,11 @@ def test_converting_load_of_a_tied_model_equals_from_pretrained() -> None:
     ids = torch.tensor([[1, 504, 2124, 282, 3383]])
     with torch.inference_mode():
         assert torch.equal(model(ids).logits, reference(ids).logits)
+
+
+@pytest.mark.unit
+def test_default_compute_dtype() -> None:
+    from blockprune.models.zoo import default_compute_dtype
+
+    assert default_compute_dtype("qwen2.5-coder-1.5b") == "bfloat16"
+    assert default_compute_dtype("smollm2-135m") == "float32" and default_compute_dtype("/some/folder") == "float32"
