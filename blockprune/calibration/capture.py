@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +35,20 @@ class NonFiniteActivationError(BlockpruneError, FloatingPointError):
     """NaN or inf appeared in a layer's activations."""
 
 
+SAMPLINGS = ("tokens", "windows")
+
+
 @dataclass(frozen=True)
 class CaptureSettings:
-    """How much to keep: ``sample_rows`` tokens per boundary, in ``store_dtype``."""
+    """How much to keep: at most ``sample_rows`` rows per boundary, in ``store_dtype``.
+
+    ``sampling`` says which rows: ``"tokens"`` draws ``sample_rows`` token positions across all windows
+    (what pooled estimators want: a spread-out sample); ``"windows"`` keeps every position of
+    ``sample_rows // row length`` seeded windows (all of them when that many fit), so per-window estimators
+    (``pooling="window"``: EntroDrop's released code scores each window's whole sequence) see complete
+    windows. Memory is bounded by ``sample_rows`` either way. ``include_bos`` keeps the BOS row (position
+    0) of windows that start with one; EntroDrop's code keeps position 0 of every window.
+    """
 
     sample_rows: int = 4096
     store_dtype: str = "float16"
@@ -45,24 +56,52 @@ class CaptureSettings:
     batch_size: int = 4
     include_bos: bool = False
     seed: int = 0
+    sampling: str = "tokens"
 
     def __post_init__(self) -> None:
         if self.sample_rows < 2:
             raise ValueError("sample_rows must be at least 2")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {', '.join(map(repr, SAMPLINGS))}, got {self.sampling!r}")
         if self.store_dtype not in ("float16", "float32"):
             raise ValueError(f"store_dtype must be float16 or float32, got {self.store_dtype!r}")
         if self.batch_size < 1:
             raise ValueError("batch_size must be >= 1")
 
 
-def sample_positions(n_windows: int, seq_len: int, n_rows: int, seed: int, skip_first: bool) -> np.ndarray:
-    """(n, 2) sorted (window, position) pairs, seeded; position 0 excluded when it is BOS."""
+def for_window_pooling(settings: CaptureSettings) -> CaptureSettings:
+    """The settings a per-window estimator (``pooling="window"``) needs: whole windows, position 0 kept."""
+    return replace(settings, sampling="windows", include_bos=True)
+
+
+def sample_positions(n_windows: int, seq_len: int, n_rows: int, seed: int, skip_first: bool,
+                     whole_windows: bool = False) -> np.ndarray:
+    """(n, 2) sorted (window, position) pairs, seeded; position 0 excluded when it is BOS.
+
+    ``whole_windows``: every position of ``n_rows // row length`` seeded windows instead of ``n_rows``
+    positions drawn across all windows (see ``CaptureSettings.sampling``)."""
     first = 1 if skip_first else 0
     per = seq_len - first
     total = n_windows * per
-    rng = np.random.default_rng([seed, 0xB10C])
-    flat = np.arange(total) if n_rows >= total else np.sort(rng.choice(total, size=n_rows, replace=False))
+    if whole_windows:
+        keep = min(n_windows, n_rows // per)
+        if keep < 1:
+            raise ValueError(f"sample_rows={n_rows} holds no whole window of {per} rows; raise sample_rows to at "
+                             f"least {per}")
+        rng = np.random.default_rng([seed, 0xB10C, 1])
+        wins = np.arange(n_windows) if keep == n_windows else np.sort(rng.choice(n_windows, keep, replace=False))
+        flat = (wins[:, None] * per + np.arange(per)[None, :]).ravel()
+    else:
+        rng = np.random.default_rng([seed, 0xB10C])
+        flat = np.arange(total) if n_rows >= total else np.sort(rng.choice(total, size=n_rows, replace=False))
     return np.stack([flat // per, flat % per + first], axis=1).astype(np.int64)
+
+
+def capture_positions(windows: TokenWindows, settings: CaptureSettings) -> np.ndarray:
+    """The store's rows for these windows and settings: the one call every capture path makes."""
+    skip = windows.has_bos and not settings.include_bos
+    return sample_positions(len(windows.input_ids), windows.input_ids.shape[1], settings.sample_rows,
+                            settings.seed, skip, whole_windows=settings.sampling == "windows")
 
 
 class _Hooks:
@@ -197,8 +236,13 @@ def windows_digest(windows: TokenWindows) -> str:
 
 
 def store_key(meta: dict[str, Any], settings: CaptureSettings) -> str:
-    """Stores are reused when the model, data and capture settings are the same."""
-    payload = json.dumps({"meta": meta, "settings": asdict(settings)}, sort_keys=True, default=str)
+    """Stores are reused when the model, data and capture settings are the same. A setting added later
+    enters the key only when it differs from its default, so stores captured before it existed (which
+    behave as the default) keep their keys."""
+    cfg = asdict(settings)
+    if cfg.get("sampling") == "tokens":
+        del cfg["sampling"]
+    payload = json.dumps({"meta": meta, "settings": cfg}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -235,9 +279,7 @@ def capture(
     """Capture a complete store at ``store_path`` (written atomically)."""
     n_layers = len(adapter.layers(model))
     hidden = int(model.get_input_embeddings().weight.shape[1])
-    skip = windows.has_bos and not settings.include_bos
-    positions = sample_positions(len(windows.input_ids), windows.input_ids.shape[1], settings.sample_rows,
-                                 settings.seed, skip)
+    positions = capture_positions(windows, settings)
     names = [boundary_name("h", i) for i in range(n_layers + 1)]
     if settings.capture_mid:
         names += [boundary_name("m", i) for i in range(n_layers)]

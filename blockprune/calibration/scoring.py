@@ -56,14 +56,43 @@ def score_one(store: ActivationStore, estimator: str, params: dict[str, Any], ru
     return float(fn(np.asarray(x), np.asarray(y), **params))
 
 
+def window_slices(store: ActivationStore, rows: np.ndarray | None = None) -> list[tuple[int, slice]]:
+    """(window id, row slice) of each calibration window among the store's rows (or the ``rows`` subset).
+
+    A store's rows are sorted by (window, position), so each window is one contiguous slice."""
+    win = store.positions()[:, 0]
+    if rows is not None:
+        win = win[np.asarray(rows)]
+    if win.size and np.any(np.diff(win) < 0):
+        raise ValueError("rows must keep the store's (window, position) order to be grouped by window")
+    ids, starts = np.unique(win, return_index=True)
+    ends = [*starts[1:], win.size]
+    return [(int(w), slice(int(a), int(b))) for w, a, b in zip(ids, starts, ends, strict=True)]
+
+
 def entropy_one(store: ActivationStore, estimator: str, params: dict[str, Any], boundary: str,
                 rows: np.ndarray | None = None) -> float:
+    """Entropy of one boundary: of all its rows (``pooling="pooled"``), or the mean over calibration windows
+    of the entropy of each window's rows (``pooling="window"``, EntroDrop's released code)."""
     from blockprune import estimators
 
+    spec = estimators.get(estimator)
     x = store.array(boundary)
     if rows is not None:
         x = x[rows]
-    return float(estimators.get(estimator)(np.asarray(x), **params))
+    if spec.pooling != "window":
+        return float(spec(np.asarray(x), **params))
+    values = []
+    for w, sl in window_slices(store, rows):
+        try:
+            values.append(float(spec(np.asarray(x[sl]), **params)))
+        except ValueError as e:
+            e.add_note(f"blockprune: {estimator} on window {w} of {boundary} ({sl.stop - sl.start} rows); "
+                       "per-window estimators need whole windows (capture with sampling='windows')")
+            raise
+    if not values:
+        raise ValueError(f"{boundary} has no rows to estimate an entropy from")
+    return float(np.mean(values))
 
 
 def params_key(estimator: str, params: dict[str, Any], granularity: str, extra: str = "") -> str:
@@ -169,7 +198,10 @@ def boundary_names(store: ActivationStore, granularity: str) -> list[tuple[str, 
 def entropy_increase(store: ActivationStore, estimator: str, params: dict[str, Any] | None = None,
                      granularity: str = "layer", rows: np.ndarray | None = None,
                      use_cache: bool = True) -> tuple[list[float], dict[str, float]]:
-    """(ΔH per block, H per boundary): EntroDrop's score, entropies cached like run scores."""
+    """(ΔH per block, H per boundary): EntroDrop's score, entropies cached like run scores.
+
+    For a ``pooling="window"`` estimator H is the mean over windows, so ΔH is the per-window ΔH averaged
+    over windows, as EntroDrop's released code computes it."""
     params = dict(params or {})
     pairs = boundary_names(store, granularity)
     names = sorted({n for p in pairs for n in p})
