@@ -44,7 +44,7 @@ def test_entrodrop_stage_on_real_store_and_attention_plan_executes(wiki_store, s
     delta_h, entropies = entropy_increase(wiki_store, "entropy.bucket", {}, "layer")
     assert delta_h[0] < 0  # the first block decreases the entropy of the embeddings
     stage = detect_entropy_stage(delta_h)
-    sel = select("entrodrop", 30, 6, block_scores=delta_h)
+    sel = select("entrodrop", 30, 6, block_scores=delta_h, stage_rule="curve")
     assert stage.s_start >= 1 and sel.info["s_start"] == stage.s_start
     assert min(sel.blocks) >= stage.s_start and 29 not in sel.blocks
     # attention granularity: ΔH of the attention sub-blocks, then the plan runs on the real model
