@@ -47,7 +47,9 @@ class CaptureSettings:
     ``sample_rows // row length`` seeded windows (all of them when that many fit), so per-window estimators
     (``pooling="window"``: EntroDrop's released code scores each window's whole sequence) see complete
     windows. Memory is bounded by ``sample_rows`` either way. ``include_bos`` keeps the BOS row (position
-    0) of windows that start with one; EntroDrop's code keeps position 0 of every window.
+    0) of windows that start with one in the store (EntroDrop's code keeps position 0 of every window);
+    streamed statistics never count BOS, and pooled estimators skip a kept BOS row
+    (``calibration.scoring.estimator_rows``), so only per-window estimators see it.
     """
 
     sample_rows: int = 4096
@@ -208,7 +210,7 @@ def run_capture(
     """
     layers = adapter.layers(model)
     n_layers = len(layers)
-    first = 1 if windows.has_bos and not settings.include_bos else 0
+    first = 1 if windows.has_bos else 0  # streamed statistics never count BOS; include_bos only keeps its row
     hooks = _Hooks(layers, adapter, settings, writer, n_layers, first)
     ids = windows.input_ids
     seq_len = ids.shape[1]
@@ -250,7 +252,7 @@ def finish_manifest(writer: StoreWriter, meta: dict[str, Any], windows: TokenWin
                     settings: CaptureSettings, stats: dict[str, BlockStats], n_layers: int, hidden: int,
                     seconds: float) -> dict[str, Any]:
     """Write the position/token arrays and build the manifest; shared by every capture path."""
-    skip = windows.has_bos and not settings.include_bos
+    skip = windows.has_bos
     writer.save_array("positions", positions)
     writer.save_array("token_ids", windows.input_ids[positions[:, 0], positions[:, 1]])
     return {
@@ -259,6 +261,7 @@ def finish_manifest(writer: StoreWriter, meta: dict[str, Any], windows: TokenWin
         "hidden_size": hidden,
         "n_rows": len(positions),
         "capture_mid": settings.capture_mid,
+        "bos_row_kept": bool(windows.has_bos and settings.include_bos),  # position 0 rows are BOS
         "settings": asdict(settings),
         "windows_digest": windows_digest(windows),
         "tokens_calibrated": int(windows.input_ids.shape[0] * (windows.input_ids.shape[1] - (1 if skip else 0))),

@@ -35,6 +35,19 @@ def _check_run(run: Run, n_blocks: int) -> Run:
     return run
 
 
+def estimator_rows(store: ActivationStore, estimator: str, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """The store rows an estimator sees: ``rows`` when given; otherwise every row, except that a pooled
+    estimator skips the BOS rows a store keeps for per-window estimators (``bos_row_kept``), so that
+    keeping them changes nothing for the other estimators."""
+    if rows is not None or not store.manifest.get("bos_row_kept"):
+        return rows
+    from blockprune import estimators
+
+    if estimators.get(estimator).pooling == "window":
+        return None
+    return np.flatnonzero(store.positions()[:, 1] != 0)
+
+
 def run_arrays(store: ActivationStore, run: Run, granularity: str) -> tuple[np.ndarray, np.ndarray]:
     """(input of the run's first block, output of its last) at a granularity."""
     if len(run) == 1 or granularity == "layer":
@@ -143,7 +156,7 @@ class StoreRunScorer:
         self.estimator = estimator
         self.params = dict(params or {})
         self.granularity = granularity
-        self.rows = rows
+        self.rows = rows = estimator_rows(store, estimator, rows)
         self.n_blocks = store.n_layers
         extra = "" if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest()[:12]
         key = params_key(estimator, self.params, granularity, extra)
@@ -195,6 +208,14 @@ def boundary_names(store: ActivationStore, granularity: str) -> list[tuple[str, 
     raise ValueError(f"unknown granularity {granularity!r}")
 
 
+def entropy_cache(store: ActivationStore, estimator: str, params: dict[str, Any],
+                  rows: np.ndarray | None = None) -> ScoreCache:
+    """The cache of boundary entropies for (estimator, params, rows): one key for every path that fills it."""
+    extra = "entropy" + ("" if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest()[:12])
+    return ScoreCache(store, params_key(estimator, params, "boundary", extra),
+                      {"estimator": estimator, "params": params, "kind": "entropy"})
+
+
 def entropy_increase(store: ActivationStore, estimator: str, params: dict[str, Any] | None = None,
                      granularity: str = "layer", rows: np.ndarray | None = None,
                      use_cache: bool = True) -> tuple[list[float], dict[str, float]]:
@@ -203,11 +224,10 @@ def entropy_increase(store: ActivationStore, estimator: str, params: dict[str, A
     For a ``pooling="window"`` estimator H is the mean over windows, so ΔH is the per-window ΔH averaged
     over windows, as EntroDrop's released code computes it."""
     params = dict(params or {})
+    rows = estimator_rows(store, estimator, rows)
     pairs = boundary_names(store, granularity)
     names = sorted({n for p in pairs for n in p})
-    extra = "entropy" + ("" if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest()[:12])
-    cache = ScoreCache(store, params_key(estimator, params, "boundary", extra),
-                       {"estimator": estimator, "params": params, "kind": "entropy"}) if use_cache else None
+    cache = entropy_cache(store, estimator, params, rows) if use_cache else None
     h: dict[str, float] = {}
     new: dict[str, float] = {}
     for n in names:

@@ -29,12 +29,12 @@ import numpy as np
 
 from blockprune.calibration.scoring import (
     Run,
-    ScoreCache,
     StoreRunScorer,
     boundary_names,
+    entropy_cache,
     entropy_increase,
     entropy_one,
-    params_key,
+    estimator_rows,
     score_one,
 )
 from blockprune.calibration.store import ActivationStore
@@ -267,8 +267,8 @@ class RayScoring:
 
         params = dict(params or {})
         names = sorted({n for pair in boundary_names(store, granularity) for n in pair})
-        cache = ScoreCache(store, params_key(estimator, params, "boundary", "entropy"),
-                           {"estimator": estimator, "params": params, "kind": "entropy"})
+        rows = estimator_rows(store, estimator)
+        cache = entropy_cache(store, estimator, params, rows)
         todo = [n for n in names if n not in cache.values]
         if not todo:
             return 0
@@ -281,7 +281,7 @@ class RayScoring:
 
         per_window = estimators.get(estimator).pooling == "window"
         positions = ray.put(store.positions()) if per_window else None
-        values = fan_out(lambda n: remote.remote(estimator, params, n, None, store.n_layers, store.has_mid, refs[n],
+        values = fan_out(lambda n: remote.remote(estimator, params, n, rows, store.n_layers, store.has_mid, refs[n],
                                                  positions),
                          todo, max_in_flight, label=lambda n: f"entropy of {n} with {estimator} {params}")
         cache.put_many({n: float(v) for n, v in zip(todo, values, strict=True)})

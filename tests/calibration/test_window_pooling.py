@@ -66,3 +66,28 @@ def test_ray_task_gets_the_window_ids(store) -> None:
     assert got == entropy_one(store, "entropy.knn_window", {"k": 5}, "h_001")
     with pytest.raises(KeyError, match="positions were not shipped"):
         BoundaryView({"h_001": x}, 2, False).positions()
+
+
+def test_pooled_estimators_skip_a_kept_bos_row(tmp_path) -> None:
+    """A reference-mode store keeps each window's BOS row for the per-window estimators; pooled estimators
+    and run scorers must see the other rows only, so keeping it changes nothing for them."""
+    from blockprune.calibration.scoring import StoreRunScorer, estimator_rows
+
+    rng = np.random.default_rng(3)
+    positions = np.concatenate([np.stack([np.full(30, w), np.arange(30)], 1) for w in range(2)]).astype(np.int64)
+    writer = StoreWriter(tmp_path / "b", ["h_000", "h_001"], 60, 4, "float32")
+    for name in ("h_000", "h_001"):
+        rows = rng.standard_normal((60, 4)).astype(np.float32)
+        rows[positions[:, 1] == 0] = 500.0  # a massive-activation BOS row
+        writer.write_rows(name, 0, rows)
+    writer.save_array("positions", positions)
+    store = writer.commit({"n_layers": 1, "capture_mid": False, "stats": {}, "bos_row_kept": True})
+    keep = estimator_rows(store, "entropy.bucket")
+    assert np.array_equal(keep, np.r_[1:30, 31:60])
+    assert estimator_rows(store, "entropy.bucket_window") is None
+    x = np.asarray(store.array("h_000"))
+    assert entropy_one(store, "entropy.bucket", {}, "h_000", keep) == pytest.approx(
+        estimators.get("entropy.bucket")(x[keep]))
+    _, h = entropy_increase(store, "entropy.bucket", {}, "layer", use_cache=False)
+    assert h["h_000"] == pytest.approx(estimators.get("entropy.bucket")(x[keep]))
+    assert np.array_equal(StoreRunScorer(store, "mi.perdim", {}, use_cache=False).rows, keep)
