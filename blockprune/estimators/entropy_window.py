@@ -51,7 +51,7 @@ def knn_window(x: Any, y: Any = None, *, k: int = 25, backend: Backend = "auto",
     only_x(y, "entropy.knn_window")
     a, _ = as_float_array(x, "x")
     n, d = a.shape
-    check_k(n, k, " rows in the window")
+    check_k(n, k)
     r = _knn.kth_distance(np.asarray(a, dtype=np.float64), k, backend=backend, n_threads=n_threads,
                           precision="float64")
     log_ball = 0.5 * d * math.log(math.pi) - float(gammaln(0.5 * d + 1.0))
