@@ -16,8 +16,9 @@ Per model (smollm2-135m, gemma3-270m), on 32 x 256 Wikipedia calibration windows
    detected from the curve) on ``tokens``; MI-PRUN greedy and FBS with ``mi.perdim`` (the new default) and
    with ``mi.ksg`` (the old default) on ``tokens``. Layer plans drop 2/4/6/8 blocks, attention plans 4/8.
 
-Stores are kept under ``$BLOCKPRUNE_CACHE/bench-reference`` and reused; exact run scores are cached
-beside them. Writes ``benchmarks/results/bench_reference_methods.json`` and a Markdown table
+Stores are kept under ``$BLOCKPRUNE_CACHE/bench-reference`` and reused (float16, or float32 where float16
+overflows: Gemma 3); exact run scores are cached beside them. Each model's results are merged into the JSON
+as soon as it is done, so ``--models`` can run one model at a time. Writes ``benchmarks/results/bench_reference_methods.json`` and a Markdown table
 ``benchmarks/results/bench_reference_methods.md``. Takes about an hour on 2 cores: run it under the heavy
 lock.
 """
@@ -29,6 +30,7 @@ import copy
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +74,23 @@ def crops_without_bos(tokenizer: Any, windows: TokenWindows, seq_len: int) -> To
 
 
 def get_store(model: Any, name: str, variant: str, windows: TokenWindows, settings: CaptureSettings) -> Any:
-    path = Path(cache_dir()) / "bench-reference" / f"{name}-{variant}"
-    store = finished_store(path)
-    if store is None:
+    """A finished store of this variant, captured in float16, or in float32 where float16 overflows (Gemma 3's
+    residual stream exceeds 65,504)."""
+    for dtype in ("float16", "float32"):
+        path = Path(cache_dir()) / "bench-reference" / f"{name}-{variant}-{dtype}"
+        store = finished_store(path)
+        if store is not None:
+            return store
         t = time.perf_counter()
-        store = capture(model, adapter_for(model), windows, path, {"model": name, "variant": variant}, settings)
-        print(f"  captured {variant} store in {time.perf_counter() - t:.0f} s")
-    return store
+        try:
+            store = capture(model, adapter_for(model), windows, path, {"model": name, "variant": variant},
+                            replace(settings, store_dtype=dtype))
+        except OverflowError as e:
+            print(f"  {variant}: {e}; capturing in float32")
+            continue
+        print(f"  captured {variant} store ({dtype}) in {time.perf_counter() - t:.0f} s")
+        return store
+    raise RuntimeError(f"could not capture the {variant} store of {name}")
 
 
 class Evaluator:
@@ -209,11 +221,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="8 calibration windows, 4 held-out windows")
     ap.add_argument("--out", default="benchmarks/results/bench_reference_methods.json")
     args = ap.parse_args()
-    out = [run_model(m, args.quick) for m in args.models.split(",")]
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
-    Path(args.out).with_suffix(".md").write_text(markdown(out))
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    done = {m["model"]: m for m in json.loads(path.read_text())} if path.exists() else {}
+    for name in args.models.split(","):  # each model is written as soon as it is measured
+        done[name] = run_model(name, args.quick)
+        out = list(done.values())
+        path.write_text(json.dumps(out, indent=1))
+        path.with_suffix(".md").write_text(markdown(out))
+        print(f"wrote {path} and {path.with_suffix('.md')}")
 
 
 if __name__ == "__main__":
