@@ -64,7 +64,7 @@ def kth_chebyshev(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
     pts = np.empty((n, 2))
     for i in range(c):
         pts[:, 0], pts[:, 1] = x[i], y[i]
-        tree = cKDTree(pts, leafsize=32, compact_nodes=False, balanced_tree=False, copy_data=True)
+        tree = cKDTree(pts, leafsize=16, compact_nodes=False, balanced_tree=False, copy_data=True)
         out[i] = tree.query(pts, k=[k + 1], p=np.inf)[0][:, 0]
     return out
 
@@ -99,7 +99,7 @@ def ksg_1d_columns(x: np.ndarray, y: np.ndarray, k: int = 3) -> np.ndarray:
     for i in range(c):
         total = 0.0
         for a in (x[i], y[i]):
-            order = np.argsort(a, kind="stable")
+            order = np.argsort(a)  # any order of equal values counts the same
             s = a[order]  # queries in sorted order: the binary searches walk memory forwards
             inside = count_within(s, s, r[i][order])  # the point itself included: n_x + 1
             total += float(np.mean(psi[inside - 1]))
