@@ -109,3 +109,20 @@ def mounts() -> Callable[..., list[str]]:
     """:func:`private_mounts`; fails (not skips) where mount namespaces are unavailable, as the suite needs them."""
     assert can_mount(), "these tests need root and unshare (mount namespaces), as `make test` has"
     return private_mounts
+
+
+@pytest.fixture(scope="session")
+def window_store(smollm2: LoadedModel, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A store for per-window estimators (EntroDrop's reference mode): every position, BOS row included, of
+    16 × 256 Wikipedia windows of smollm2-135m (fp16, 4,096 rows)."""
+    from blockprune.calibration.capture import CaptureSettings, capture
+    from blockprune.calibration.corpora import load_corpus
+    from blockprune.calibration.settings import for_window_pooling
+    from blockprune.calibration.windows import calibration_windows
+    from blockprune.models.adapters import adapter_for
+
+    windows = calibration_windows(smollm2.tokenizer, load_corpus("wikipedia"), 16, 256, seed=0)
+    path = tmp_path_factory.mktemp("stores") / "smollm2-windows"
+    settings = for_window_pooling(CaptureSettings(sample_rows=4096))
+    return capture(smollm2.model, adapter_for(smollm2.model), windows, path, {"model": "smollm2-135m"}, settings,
+                   progress=False)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from blockprune.calibration.settings import CaptureSettings
+from blockprune.calibration.settings import CaptureSettings, for_window_pooling, key_settings  # noqa: F401 (re-exported)
 from blockprune.calibration.stats import BlockStats, token_dot, token_norm
 from blockprune.calibration.store import ActivationStore, StoreWriter, boundary_name
 from blockprune.calibration.windows import TokenWindows
@@ -36,14 +36,34 @@ class NonFiniteActivationError(BlockpruneError, FloatingPointError):
     """NaN or inf appeared in a layer's activations."""
 
 
-def sample_positions(n_windows: int, seq_len: int, n_rows: int, seed: int, skip_first: bool) -> np.ndarray:
-    """(n, 2) sorted (window, position) pairs, seeded; position 0 excluded when it is BOS."""
+def sample_positions(n_windows: int, seq_len: int, n_rows: int, seed: int, skip_first: bool,
+                     whole_windows: bool = False) -> np.ndarray:
+    """(n, 2) sorted (window, position) pairs, seeded; position 0 excluded when it is BOS.
+
+    ``whole_windows``: every position of ``n_rows // row length`` seeded windows instead of ``n_rows``
+    positions drawn across all windows (see ``CaptureSettings.sampling``)."""
     first = 1 if skip_first else 0
     per = seq_len - first
     total = n_windows * per
-    rng = np.random.default_rng([seed, 0xB10C])
-    flat = np.arange(total) if n_rows >= total else np.sort(rng.choice(total, size=n_rows, replace=False))
+    if whole_windows:
+        keep = min(n_windows, n_rows // per)
+        if keep < 1:
+            raise ValueError(f"sample_rows={n_rows} holds no whole window of {per} rows; raise sample_rows to at "
+                             f"least {per}")
+        rng = np.random.default_rng([seed, 0xB10C, 1])
+        wins = np.arange(n_windows) if keep == n_windows else np.sort(rng.choice(n_windows, keep, replace=False))
+        flat = (wins[:, None] * per + np.arange(per)[None, :]).ravel()
+    else:
+        rng = np.random.default_rng([seed, 0xB10C])
+        flat = np.arange(total) if n_rows >= total else np.sort(rng.choice(total, size=n_rows, replace=False))
     return np.stack([flat // per, flat % per + first], axis=1).astype(np.int64)
+
+
+def capture_positions(windows: TokenWindows, settings: CaptureSettings) -> np.ndarray:
+    """The store's rows for these windows and settings: the one call every capture path makes."""
+    skip = windows.has_bos and not settings.include_bos
+    return sample_positions(len(windows.input_ids), windows.input_ids.shape[1], settings.sample_rows,
+                            settings.seed, skip, whole_windows=settings.sampling == "windows")
 
 
 @dataclass(frozen=True)
@@ -182,8 +202,9 @@ def input_device(model: Any) -> torch.device:
 
 
 def first_calibrated_position(windows: TokenWindows, settings: CaptureSettings) -> int:
-    """1 when column 0 is a BOS that is context, not calibration data; else 0."""
-    return 1 if windows.has_bos and not settings.include_bos else 0
+    """1 when column 0 is a BOS, else 0: the streamed statistics never count BOS (``include_bos`` only keeps
+    its row in the store, for per-window estimators)."""
+    return 1 if windows.has_bos else 0
 
 
 def run_capture(
@@ -225,8 +246,10 @@ def windows_digest(windows: TokenWindows) -> str:
 
 
 def store_key(meta: dict[str, Any], settings: CaptureSettings) -> str:
-    """Stores are reused when the model, data and capture settings are the same."""
-    payload = json.dumps({"meta": meta, "settings": asdict(settings)}, sort_keys=True, default=str)
+    """Stores are reused when the model, data and capture settings are the same. A setting added later
+    enters the key only when it differs from its default, so stores captured before it existed (which
+    behave as the default) keep their keys (:func:`~blockprune.calibration.settings.key_settings`)."""
+    payload = json.dumps({"meta": meta, "settings": key_settings(settings)}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
@@ -234,7 +257,7 @@ def finish_manifest(writer: StoreWriter, meta: dict[str, Any], windows: TokenWin
                     settings: CaptureSettings, stats: dict[str, BlockStats], n_layers: int, hidden: int,
                     seconds: float) -> dict[str, Any]:
     """Write the position/token arrays and build the manifest; shared by every capture path."""
-    skip = windows.has_bos and not settings.include_bos
+    skip = windows.has_bos
     writer.save_array("positions", positions)
     writer.save_array("token_ids", windows.input_ids[positions[:, 0], positions[:, 1]])
     return {
@@ -243,6 +266,7 @@ def finish_manifest(writer: StoreWriter, meta: dict[str, Any], windows: TokenWin
         "hidden_size": hidden,
         "n_rows": len(positions),
         "capture_mid": settings.capture_mid,
+        "bos_row_kept": bool(windows.has_bos and settings.include_bos),  # position 0 rows are BOS
         "settings": asdict(settings),
         "windows_digest": windows_digest(windows),
         "tokens_calibrated": int(windows.input_ids.shape[0] * (windows.input_ids.shape[1] - (1 if skip else 0))),
@@ -263,9 +287,7 @@ def capture(
     """Capture a complete store at ``store_path`` (written atomically)."""
     n_layers = len(adapter.layers(model))
     hidden = int(model.get_input_embeddings().weight.shape[1])
-    skip = windows.has_bos and not settings.include_bos
-    positions = sample_positions(len(windows.input_ids), windows.input_ids.shape[1], settings.sample_rows,
-                                 settings.seed, skip)
+    positions = capture_positions(windows, settings)
     names = [boundary_name("h", i) for i in range(n_layers + 1)]
     if settings.capture_mid:
         names += [boundary_name("m", i) for i in range(n_layers)]

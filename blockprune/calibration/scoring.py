@@ -32,6 +32,19 @@ def _check_run(run: Run, n_blocks: int) -> Run:
     return run
 
 
+def estimator_rows(store: ActivationStore, estimator: str, rows: np.ndarray | None = None) -> np.ndarray | None:
+    """The store rows an estimator sees: ``rows`` when given; otherwise every row, except that a pooled
+    estimator skips the BOS rows a store keeps for per-window estimators (``bos_row_kept``), so that
+    keeping them changes nothing for the other estimators."""
+    if rows is not None or not store.manifest.get("bos_row_kept"):
+        return rows
+    from blockprune import estimators
+
+    if estimators.get(estimator).pooling == "window":
+        return None
+    return np.flatnonzero(store.positions()[:, 1] != 0)
+
+
 def run_arrays(store: ActivationStore, run: Run, granularity: str) -> tuple[np.ndarray, np.ndarray]:
     """(input of the run's first block, output of its last) at a granularity."""
     if len(run) == 1 or granularity == "layer":
@@ -53,14 +66,43 @@ def score_one(store: ActivationStore, estimator: str, params: dict[str, Any], ru
     return float(fn(np.asarray(x), np.asarray(y), **params))
 
 
+def window_slices(store: ActivationStore, rows: np.ndarray | None = None) -> list[tuple[int, slice]]:
+    """(window id, row slice) of each calibration window among the store's rows (or the ``rows`` subset).
+
+    A store's rows are sorted by (window, position), so each window is one contiguous slice."""
+    win = store.positions()[:, 0]
+    if rows is not None:
+        win = win[np.asarray(rows)]
+    if win.size and np.any(np.diff(win) < 0):
+        raise ValueError("rows must keep the store's (window, position) order to be grouped by window")
+    ids, starts = np.unique(win, return_index=True)
+    ends = [*starts[1:], win.size]
+    return [(int(w), slice(int(a), int(b))) for w, a, b in zip(ids, starts, ends, strict=True)]
+
+
 def entropy_one(store: ActivationStore, estimator: str, params: dict[str, Any], boundary: str,
                 rows: np.ndarray | None = None) -> float:
+    """Entropy of one boundary: of all its rows (``pooling="pooled"``), or the mean over calibration windows
+    of the entropy of each window's rows (``pooling="window"``, EntroDrop's released code)."""
     from blockprune import estimators
 
+    spec = estimators.get(estimator)
     x = store.array(boundary)
     if rows is not None:
         x = x[rows]
-    return float(estimators.get(estimator)(np.asarray(x), **params))
+    if spec.pooling != "window":
+        return float(spec(np.asarray(x), **params))
+    values = []
+    for w, sl in window_slices(store, rows):
+        try:
+            values.append(float(spec(np.asarray(x[sl]), **params)))
+        except ValueError as e:
+            e.add_note(f"blockprune: {estimator} on window {w} of {boundary} ({sl.stop - sl.start} rows); "
+                       "per-window estimators need whole windows (capture with sampling='windows')")
+            raise
+    if not values:
+        raise ValueError(f"{boundary} has no rows to estimate an entropy from")
+    return float(np.mean(values))
 
 
 def params_key(estimator: str, params: dict[str, Any], granularity: str, extra: str = "") -> str:
@@ -111,7 +153,7 @@ class StoreRunScorer:
         self.estimator = estimator
         self.params = dict(params or {})
         self.granularity = granularity
-        self.rows = rows
+        self.rows = rows = estimator_rows(store, estimator, rows)
         self.n_blocks = store.n_layers
         extra = "" if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest()[:12]
         key = params_key(estimator, self.params, granularity, extra)
@@ -165,6 +207,14 @@ def boundary_names(store: ActivationStore, granularity: str) -> list[tuple[str, 
     raise ValueError(f"unknown granularity {granularity!r}")
 
 
+def entropy_cache(store: ActivationStore, estimator: str, params: dict[str, Any],
+                  rows: np.ndarray | None = None) -> ScoreCache:
+    """The cache of boundary entropies for (estimator, params, rows): one key for every path that fills it."""
+    extra = "entropy" + ("" if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest()[:12])
+    return ScoreCache(store, params_key(estimator, params, "boundary", extra),
+                      {"estimator": estimator, "params": params, "kind": "entropy"})
+
+
 class EntropyScorer:
     """Entropies of store boundaries with one estimator, cached on disk like run scores.
 
@@ -176,10 +226,8 @@ class EntropyScorer:
         self.store = store
         self.estimator = estimator
         self.params = dict(params or {})
-        self.rows = rows
-        extra = "entropy" + ("" if rows is None else hashlib.sha256(np.asarray(rows).tobytes()).hexdigest()[:12])
-        self.cache = ScoreCache(store, params_key(estimator, self.params, "boundary", extra),
-                                {"estimator": estimator, "params": self.params, "kind": "entropy"}) if use_cache else None
+        self.rows = rows = estimator_rows(store, estimator, rows)
+        self.cache = entropy_cache(store, estimator, self.params, rows) if use_cache else None
         self.computed = 0
         self.batches = 0
 
@@ -209,5 +257,9 @@ class EntropyScorer:
 def entropy_increase(store: ActivationStore, estimator: str, params: dict[str, Any] | None = None,
                      granularity: str = "layer", rows: np.ndarray | None = None,
                      use_cache: bool = True) -> tuple[list[float], dict[str, float]]:
-    """(ΔH per block, H per boundary): EntroDrop's score, entropies cached like run scores."""
+    """(ΔH per block, H per boundary): EntroDrop's score, entropies cached like run scores.
+
+    For a ``pooling="window"`` estimator H is the mean over windows, so ΔH is the per-window ΔH averaged
+    over windows, as EntroDrop's released code computes it."""
     return EntropyScorer(store, estimator, params, rows, use_cache).increase(granularity)
+

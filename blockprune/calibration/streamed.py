@@ -29,9 +29,9 @@ from blockprune.calibration.capture import (
     CaptureHooks,
     CaptureSettings,
     capture_batches,
+    capture_positions,
     finish_manifest,
     first_calibrated_position,
-    sample_positions,
 )
 from blockprune.calibration.stats import BlockStats
 from blockprune.calibration.store import ActivationStore, StoreWriter, boundary_name
@@ -238,9 +238,7 @@ def capture_streamed(
     if adapter is not None and adapter.family != stream.adapter.family:
         raise BadInputError(f"{model_path} is a {stream.adapter.family} model, not {adapter.family}")
     n_layers, hidden = stream.n_layers, stream.hidden_size
-    ids = windows.input_ids
-    skip = windows.has_bos and not settings.include_bos
-    positions = sample_positions(len(ids), ids.shape[1], settings.sample_rows, settings.seed, skip)
+    positions = capture_positions(windows, settings)
     names = [boundary_name("h", i) for i in range(n_layers + 1)]
     if settings.capture_mid:
         names += [boundary_name("m", i) for i in range(n_layers)]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from blockprune.calibration.capture import finish_manifest, sample_positions
+from blockprune.calibration.capture import capture_positions, finish_manifest
 from blockprune.calibration.stats import BlockStats
 from blockprune.calibration.store import (
     ActivationStore,
@@ -137,8 +137,7 @@ def capture_layout(p: Any) -> tuple[np.ndarray, list[str], int, int, bool]:
     settings = p.job.capture
     windows = p.windows
     skip = windows.has_bos and not settings.include_bos
-    positions = sample_positions(len(windows.input_ids), windows.input_ids.shape[1], settings.sample_rows,
-                                 settings.seed, skip)
+    positions = capture_positions(windows, settings)
     cfg = text_config(AutoConfig.from_pretrained(p.resolved.path))
     hidden = int(cfg.hidden_size)
     n_layers = p.n_layers

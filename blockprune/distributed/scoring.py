@@ -45,9 +45,17 @@ log = logging.getLogger(__name__)
 class BoundaryView(ActivationStore):
     """An ActivationStore over in-memory arrays (object-store views), for ``score_one`` in tasks."""
 
-    def __init__(self, arrays: dict[str, np.ndarray], n_layers: int, has_mid: bool) -> None:
+    def __init__(self, arrays: dict[str, np.ndarray], n_layers: int, has_mid: bool,
+                 positions: np.ndarray | None = None) -> None:
         super().__init__(Path("<object-store>"), {"n_layers": n_layers, "capture_mid": has_mid})
         self._arrays = arrays
+        self._positions = positions
+
+    def positions(self) -> np.ndarray:
+        """(window, position) of each row: shipped only to tasks of per-window estimators."""
+        if self._positions is None:
+            raise KeyError("the store's positions were not shipped to this task")
+        return self._positions
 
     def array(self, name: str) -> np.ndarray:
         try:
@@ -69,8 +77,9 @@ def run_boundaries(store: ActivationStore, run: Run, granularity: str) -> tuple[
 
 
 def _entropy_task(estimator: str, params: dict[str, Any], name: str, rows: np.ndarray | None, n_layers: int,
-                  has_mid: bool, x: np.ndarray) -> float:
-    return entropy_one(BoundaryView({name: x}, n_layers, has_mid), estimator, params, name, rows)
+                  has_mid: bool, x: np.ndarray, positions: np.ndarray | None = None) -> float:
+    """One boundary entropy; ``positions`` (the store's (window, position) rows) for per-window estimators."""
+    return entropy_one(BoundaryView({name: x}, n_layers, has_mid, positions), estimator, params, name, rows)
 
 
 def _load_boundaries(path: str, names: list[str]) -> Any:
@@ -220,8 +229,13 @@ class RayEntropyScorer(EntropyScorer):
             num_cpus=self.options.num_cpus, max_retries=self.options.max_retries,
             retry_exceptions=self.options.retry_exceptions, scheduling_strategy=self.strategy)
         max_in_flight = self.options.max_in_flight or default_max_in_flight(self.options.num_cpus)
-        store, est, params = self.store, self.estimator, self.params
-        values = fan_out(lambda n: remote.remote(est, params, n, None, store.n_layers, store.has_mid, refs[n]),
+        store, est, params, rows = self.store, self.estimator, self.params, self.rows
+        from blockprune import estimators
+
+        # per-window estimators group rows by window: only their tasks need the store's (window, position) rows
+        positions = ray.put(store.positions()) if estimators.get(est).pooling == "window" else None
+        values = fan_out(lambda n: remote.remote(est, params, n, rows, store.n_layers, store.has_mid, refs[n],
+                                                 positions),
                          list(names), max_in_flight, label=lambda n: f"entropy of {n} with {est} {params}")
         return [float(v) for v in values]
 

@@ -5,13 +5,16 @@ stable name in ONE registry with an :class:`EstimatorSpec` (its kind, parameters
 returns that spec, which is itself callable, and ``names()`` lists them:
 
     bi, angular, relative_magnitude                       similarity of a block's input and output
-    entropy.bucket, entropy.knn, entropy.renyi, entropy.gaussian
-    mi.ksg, mi.gaussian, mi.sliced
+    entropy.bucket, entropy.knn, entropy.renyi, entropy.gaussian      one pooled sample of all rows
+    entropy.knn_window, entropy.bucket_window, entropy.renyi_window   per calibration window, averaged
+                                                           (EntroDrop's released code; pooling="window")
+    mi.perdim, mi.perdim_gaussian                         mean over coordinates of a 1-D MI (MI-PRUN)
+    mi.ksg, mi.gaussian, mi.sliced                        MI of the whole d-dimensional states
 """
 
 from __future__ import annotations
 
-from . import entropy, knn, mi, preprocess, reference, similarity
+from . import entropy, entropy_window, knn, mi, perdim, preprocess, reference, similarity
 from ._registry import ESTIMATORS, Estimator, EstimatorSpec, register
 from .similarity import angular, bi, relative_magnitude
 
@@ -27,6 +30,7 @@ def names(kind: str | None = None) -> list[str]:
 
 
 __all__ = [
-    "ESTIMATORS", "Estimator", "EstimatorSpec", "angular", "bi", "entropy", "get", "knn", "mi", "names", "preprocess",
+    "ESTIMATORS", "Estimator", "EstimatorSpec", "angular", "bi", "entropy", "entropy_window", "get", "knn", "mi",
+    "names", "perdim", "preprocess",
     "reference", "register", "relative_magnitude", "similarity",
 ]

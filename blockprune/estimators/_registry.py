@@ -24,13 +24,15 @@ Pooling = Literal["pooled", "window"]
 class EstimatorSpec:
     """What an estimator is: ``kind`` says what it measures (entropy of one array, MI or similarity of a pair);
     ``pooling`` says whether it sees all sampled rows at once ("pooled") or one calibration window at a
-    time, the per-window values averaged ("window"); ``defaults`` are parameters the name fixes."""
+    time, the per-window values averaged ("window"); ``defaults`` are parameters the name fixes. ``label`` is
+    the short name tables show; ``description`` says which reading of which paper or code it follows."""
 
     name: str
     fn: Estimator
     kind: Kind
     pooling: Pooling = "pooled"
     label: str = ""
+    description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def param_names(self) -> list[str] | None:
@@ -61,12 +63,12 @@ class EstimatorSpec:
 ESTIMATORS: Registry[EstimatorSpec] = Registry("estimator")
 
 
-def register(name: str, kind: Kind, *, pooling: Pooling = "pooled", label: str = "",
+def register(name: str, kind: Kind, *, pooling: Pooling = "pooled", label: str = "", description: str = "",
              **defaults: Any) -> Callable[[Estimator], Estimator]:
     """Decorator: register ``fn`` under ``name`` with its spec; the function itself is returned unchanged."""
 
     def deco(fn: Estimator) -> Estimator:
-        ESTIMATORS.register(name, EstimatorSpec(name, fn, kind, pooling, label or name, dict(defaults)))
+        ESTIMATORS.register(name, EstimatorSpec(name, fn, kind, pooling, label or name, description, dict(defaults)))
         return fn
 
     return deco

@@ -45,7 +45,8 @@ def _plain(standardize: Standardize, proj: Proj, p: int, seed: int) -> Options:
     return Options(standardize=standardize, jitter=None, dedup=False, proj=proj, p=p, seed=seed)
 
 
-@register("entropy.bucket", "entropy", label="bucket")
+@register("entropy.bucket", "entropy", label="bucket",
+          description="bucket, one pooled sample (64 bins over the sample's min..max)")
 def bucket(
     x: Any, y: Any = None, *, bins: int = 64, clip: float = 0.0, standardize: Standardize = False,
     proj: Proj = "none", p: int = 16, seed: int = 0,
@@ -89,7 +90,8 @@ def bucket(
     return float(-np.sum(prob * np.log(prob)))
 
 
-@register("entropy.knn", "entropy", label="KNN")
+@register("entropy.knn", "entropy", label="KNN",
+          description="KNN, one pooled sample (Kozachenko-Leonenko, k = 3)")
 def knn(
     x: Any, y: Any = None, *, k: int = 3, standardize: Standardize = False, jitter: Jitter = "auto",
     dedup: bool = True, proj: Proj = "none", p: int = 16, seed: int = 0, backend: Backend = "auto",
@@ -135,7 +137,8 @@ def _gaussian_gram(z: np.ndarray, bandwidth: float | None) -> np.ndarray:
     return np.exp(-d2 / (2.0 * bandwidth**2))
 
 
-@register("entropy.renyi", "entropy", label="Rényi")
+@register("entropy.renyi", "entropy", label="Rényi",
+          description="Rényi α = 2, matrix-based, one pooled sample")
 def renyi(
     x: Any, y: Any = None, *, alpha: float = 2.0, bandwidth: float | None = None,
     max_samples: int | None = 2048, standardize: Standardize = False, proj: Proj = "none", p: int = 16,
@@ -169,7 +172,8 @@ def renyi(
     return float(np.log(np.sum(lam**alpha)) / (1.0 - alpha))
 
 
-@register("entropy.gaussian", "entropy", label="Gaussian")
+@register("entropy.gaussian", "entropy", label="Gaussian",
+          description="Gaussian ½ log det(2πe Σ), one pooled sample")
 def gaussian(
     x: Any, y: Any = None, *, ridge: float = 0.0, standardize: Standardize = False, proj: Proj = "none",
     p: int = 16, seed: int = 0,

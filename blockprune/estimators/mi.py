@@ -43,7 +43,8 @@ def ksg_float32_ok(x: np.ndarray, y: np.ndarray, opts: Options, precision: Preci
     return _knn.resolve_precision(precision, dims, norm) is np.float32
 
 
-@register("mi.ksg", "mi", label="KSG")
+@register("mi.ksg", "mi", label="KSG",
+          description="multivariate KSG of whole states (16-dim shared PCA; not MI-PRUN's per-coordinate reading)")
 def ksg(
     x: Any, y: Any = None, *, k: int = 3, variant: int = 1, norm: Norm = "euclidean",
     standardize: Standardize = "robust", jitter: Jitter = "auto", dedup: bool = True, proj: Proj = "pca",
@@ -89,7 +90,8 @@ def wishart_logdet_bias(dim: int, dof: int) -> float:
     return float(np.sum(digamma((dof - i + 1) / 2.0)) + dim * np.log(2.0 / dof))
 
 
-@register("mi.gaussian", "mi", label="Gaussian")
+@register("mi.gaussian", "mi", label="Gaussian",
+          description="multivariate Gaussian MI (canonical correlations)")
 def gaussian(
     x: Any, y: Any = None, *, standardize: Standardize = False, proj: Proj = "none", p: int = 16,
     seed: int = 0, bias_correct: bool = False,
@@ -125,7 +127,8 @@ def gaussian(
     return value
 
 
-@register("mi.sliced", "mi", label="sliced")
+@register("mi.sliced", "mi", label="sliced",
+          description="sliced MI (mean 1-D KSG over random projections)")
 def sliced(
     x: Any, y: Any = None, *, n_slices: int = 64, shared: bool = True, k: int = 3,
     standardize: Standardize = "robust", jitter: Jitter = "auto", dedup: bool = True, seed: int = 0,

@@ -5,7 +5,7 @@ before and after, and logs to MLflow. The ``python -m`` form is what ``ray job s
 
 A job can also come from ``--config job.yaml`` (the same schema as a sweep spec's sections, with one
 ``model`` and one ``calibration``); flags given on the command line override the file. Trial flags
-(--method, --prune, --prune-ratio, --granularity, --estimator, --estimator-params, --s-start) replace
+(--method, --prune, --prune-ratio, --granularity, --estimator, --estimator-params, --s-start, --stage-rule) replace
 the file's trials as a whole.
 """
 
@@ -46,7 +46,8 @@ EPILOG = """examples:
 methods:
 """ + "\n".join(f"  {name:<20}{METHODS.get(name).description}" for name in METHODS.names())
 
-TRIAL_FLAGS = ("method", "prune", "prune_ratio", "granularity", "estimator", "estimator_params", "s_start")
+TRIAL_FLAGS = ("method", "prune", "prune_ratio", "granularity", "estimator", "estimator_params", "s_start",
+               "stage_rule")
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -69,7 +70,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="remove whole layers (default), or only their attention / MLP sub-blocks")
     p.add_argument("--estimator", default=None, help="estimator name, e.g. entropy.knn, mi.ksg (method default)")
     p.add_argument("--estimator-params", default=None, help='JSON object, e.g. \'{"k": 5, "p": 16}\'')
-    p.add_argument("--s-start", type=int, default=None, help="EntroDrop: override the detected stage boundary")
+    p.add_argument("--s-start", type=int, default=None,
+                   help="EntroDrop: protect blocks below this one (and the last), overriding the stage rule")
+    p.add_argument("--stage-rule", choices=("fixed", "curve"), default=None,
+                   help="EntroDrop: which blocks count as the entropy-decreasing stage, never dropped. 'fixed' "
+                        "(default): blocks 0, 1 and the last, as the released code; 'curve': detected from the "
+                        "ΔH curve (blockprune's reading of the paper's prose)")
     p.add_argument("--n-samples", type=int, default=None, help=f"calibration windows (default {_CAL['n_samples']})")
     p.add_argument("--seq-len", type=int, default=None,
                    help=f"tokens per window, BOS included (default {_CAL['seq_len']})")
@@ -157,7 +163,7 @@ def _cli_trials(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
         cfg = AutoConfig.from_pretrained(resolve_model(model).path)
         prunes.append(n_prune_from_ratio(args.prune_ratio, adapter_for_config(cfg).n_layers(cfg)))
     return [{"method": m, "n_prune": k, "granularity": args.granularity or "layer", "estimator": args.estimator,
-             "estimator_params": params, "s_start": args.s_start}
+             "estimator_params": params, "s_start": args.s_start, "stage_rule": args.stage_rule}
             for m in (args.method or ["shortgpt"]) for k in prunes]
 
 

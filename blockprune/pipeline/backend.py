@@ -98,7 +98,6 @@ class LocalBackend:
     def evaluate(self, p: Prepared, plan: PrunePlan | None, save_dir: str | None, progress: bool) -> Evaluation:
         if self.streamed_device is not None:
             return measure_streamed(p, plan, self.streamed_device, progress)
-        # one trial may prune the model itself; with several, each prunes a copy
         return evaluate_plan(self.model, p, plan, save_dir, progress=progress)
 
     def counters(self) -> tuple[int, int]:

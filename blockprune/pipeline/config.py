@@ -10,9 +10,10 @@ Sections (YAML / JSON)::
 
     model / models      name, or {name, dtype, <placement keys>}
     calibration         corpus, n_samples, seq_len, seed, text_field, capture: {...}
-    capture             sample_rows, store_dtype, capture_mid, batch_size, include_bos, seed
+    capture             sample_rows, store_dtype, capture_mid, batch_size, include_bos, seed, sampling
     methods / estimators / estimator_params / n_prune / granularity      a grid of trials
-    trials              explicit trials: method, n_prune, granularity, estimator, estimator_params, s_start
+    trials              explicit trials: method, n_prune, granularity, estimator, estimator_params, s_start,
+                        stage_rule
     evaluation          corpus, windows, seq_len, tasks, limit, batch_size, latency, samples, rolling_docs
     heal                LoRA healing of each trial's pruned model: steps, tokens, lr, rank, corpora, …
     placement, scoring  Ray model actors and scoring tasks (ignored by a local run)
@@ -85,6 +86,7 @@ class TrialSpec:
     estimator: str | None = None
     estimator_params: dict[str, Any] = field(default_factory=dict)
     s_start: int | None = None
+    stage_rule: str | None = None  # EntroDrop: "fixed" (blocks 0, 1, L−1 protected; the default) or "curve"
 
     def __post_init__(self) -> None:
         if self.granularity not in GRANULARITIES:

@@ -17,6 +17,7 @@ from typing import Any
 from blockprune import estimators
 from blockprune.calibration.capture import capture, store_key
 from blockprune.calibration.corpora import Corpus, load_corpus
+from blockprune.calibration.settings import CaptureSettings, for_window_pooling
 from blockprune.calibration.store import MANIFEST, ActivationStore, open_or_capture
 from blockprune.calibration.windows import TokenWindows, calibration_windows, heldout_windows
 from blockprune.env import cache_dir
@@ -70,6 +71,13 @@ def validate_trial(trial: TrialSpec, n_layers: int) -> None:
                             f"{trial.estimator_params} would be ignored")
     if trial.s_start is not None and trial.method != "entrodrop":
         raise BadInputError("s_start applies to entrodrop only")
+    if trial.stage_rule is not None:
+        from blockprune.selection.entrodrop import STAGE_RULES
+
+        if trial.method != "entrodrop":
+            raise BadInputError("stage_rule applies to entrodrop only")
+        if trial.stage_rule not in STAGE_RULES:
+            raise BadInputError(f"stage_rule must be one of {', '.join(STAGE_RULES)}, got {trial.stage_rule!r}")
 
 
 def prepare(job: JobConfig) -> Prepared:
@@ -133,6 +141,22 @@ def store_meta(p: Prepared) -> dict[str, Any]:
         "seed": cal.seed,
         "dtype": p.job.dtype,
     }
+
+
+def trial_capture(trial: TrialSpec, settings: CaptureSettings) -> CaptureSettings:
+    """The capture a trial reads: whole windows with position 0 kept for a per-window estimator
+    (EntroDrop's reference reading), the job's own capture for everything else.
+
+    Why a second store rather than one for all: pooled estimators want rows spread over every window,
+    per-window ones want every row of fewer windows; one sample cannot be both."""
+    if trial.estimator and estimators.get(trial.estimator).pooling == "window":
+        return for_window_pooling(settings)
+    return settings
+
+
+def with_capture(p: Prepared, settings: CaptureSettings) -> Prepared:
+    """``p`` with other capture settings (its store path follows them); windows and model are shared."""
+    return p if settings == p.job.capture else replace(p, job=replace(p.job, capture=settings))
 
 
 def store_path(p: Prepared) -> Path:

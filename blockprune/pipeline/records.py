@@ -63,7 +63,8 @@ def trial_record(p: Prepared, store: ActivationStore, trial: TrialSpec, dense: M
     params = {"model": p.resolved.name, "revision": p.resolved.revision, "calibration": asdict(p.job.calibration),
               "method": trial.method, "estimator": trial.estimator or "none",
               "estimator_params": trial.estimator_params, "granularity": trial.granularity,
-              "n_prune": trial.n_prune, "s_start": trial.s_start, "capture": asdict(p.job.capture)}
+              "n_prune": trial.n_prune, "s_start": trial.s_start,
+              "stage_rule": trial.stage_rule, "capture": asdict(p.job.capture)}
     tags = {"blockprune.kind": "trial", "model": p.resolved.name, "store_checksum": store.checksum,
             "model_revision": str(p.resolved.revision)}
     return out, params, tags

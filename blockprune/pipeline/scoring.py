@@ -119,7 +119,8 @@ def score_and_select(store: ActivationStore, trial: TrialSpec, scorers: Scorers 
         if spec.needs == "block":
             block_scores = scorer.block_scores()
             scores[spec.score or trial.estimator] = block_scores
-    sel = select(trial.method, n, trial.n_prune, block_scores=block_scores, score_run=scorer, s_start=trial.s_start)
+    sel = select(trial.method, n, trial.n_prune, block_scores=block_scores, score_run=scorer, s_start=trial.s_start,
+                 stage_rule=trial.stage_rule)  # type: ignore[arg-type]
     run_scores: dict[str, float] = {}
     if scorer is not None and scorer.cache is not None:
         run_scores = dict(scorer.cache.values)

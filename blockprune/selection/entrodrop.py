@@ -6,15 +6,23 @@ needs one ΔH per block). Entropy first *decreases* through an initial run of bl
 then increases (stage 2). Stage-1 blocks and the last block are never dropped; among the rest the
 ``n_prune`` lowest ΔH go.
 
-Detecting where stage 1 ends (``s_start``, the index of the first stage-2 block) from estimated ΔH
-is the delicate part: entropy estimates are noisy, so the sign of one ΔH is not evidence. See
-:func:`detect_entropy_stage_end`.
+Which blocks count as stage 1 (``stage_rule``):
+
+* ``"fixed"`` (default): blocks 0 and 1, and the last block, are protected, whatever the curve. This is
+  what the released code does (``process_layers`` in LlamaEntroDrop.py / MistralEntroDrop.py sets their
+  scores to infinity before ranking; docs/REFERENCE-METHODS.md).
+* ``"curve"``: ``s_start`` is detected from the estimated ΔH (blockprune's reading of the paper's prose,
+  which describes the stage boundary but fixes no rule). Detecting it is the delicate part: entropy
+  estimates are noisy, so the sign of one ΔH is not evidence. See :func:`detect_entropy_stage_end`.
+
+An explicit ``s_start`` overrides both: blocks below it and the last block are protected.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -23,6 +31,9 @@ from blockprune.selection.topk import check_block_scores, check_n_prune, select_
 
 DEFAULT_REL_TOL = 0.1
 DEFAULT_NOISE_K = 3.0
+StageRule = Literal["fixed", "curve"]
+STAGE_RULES: tuple[StageRule, ...] = ("fixed", "curve")
+FIXED_STAGE_END = 2  # the released code protects blocks 0 and 1 (and the last)
 
 
 @dataclass(frozen=True)
@@ -89,18 +100,31 @@ def detect_entropy_stage_end(
     return detect_entropy_stage(delta_h, rel_tol=rel_tol, noise_k=noise_k).s_start
 
 
-def entrodrop_select(delta_h: Sequence[float], n_prune: int, s_start: int | None = None) -> Selection:
+def entrodrop_select(delta_h: Sequence[float], n_prune: int, s_start: int | None = None,
+                     stage_rule: StageRule = "fixed") -> Selection:
     """Drop the ``n_prune`` lowest-ΔH blocks among ``s_start .. L−2``.
 
-    ``s_start`` is detected from ``delta_h`` unless given (the paper's fixed value, or a value
-    checked by hand). ``info`` records it, whether it was detected, and the detection threshold.
+    ``s_start`` is 2 under the ``"fixed"`` rule (blocks 0, 1 and L−1 protected, as the released code), is
+    detected from ``delta_h`` under ``"curve"``, and an explicit value overrides either. ``info`` records
+    it, where it came from, and the detection threshold when detected. Ties go to the lower block index
+    (the released code sorts by (score, index) too).
     """
     values = check_block_scores(delta_h)
     n = len(values)
     if n < 2:
         raise ValueError(f"EntroDrop needs at least 2 blocks, got {n}")
-    info: dict[str, object] = {"method": "entrodrop"}
-    if s_start is None:
+    if stage_rule not in STAGE_RULES:
+        raise ValueError(f"stage_rule must be one of {', '.join(map(repr, STAGE_RULES))}, got {stage_rule!r}")
+    info: dict[str, object] = {"method": "entrodrop", "stage_rule": stage_rule}
+    if s_start is not None:
+        if isinstance(s_start, bool) or not isinstance(s_start, int | np.integer) or not 0 <= s_start < n:
+            raise ValueError(f"s_start must be an int in [0, {n - 1}], got {s_start!r}")
+        s = int(s_start)
+        info["s_start_source"] = "override"
+    elif stage_rule == "fixed":
+        s = min(FIXED_STAGE_END, n - 1)
+        info["s_start_source"] = "fixed"
+    else:
         det = detect_entropy_stage(values)
         s = det.s_start
         info.update(
@@ -109,11 +133,6 @@ def entrodrop_select(delta_h: Sequence[float], n_prune: int, s_start: int | None
             stage_noise=det.noise,
             stage_confirmed=det.confirmed,
         )
-    else:
-        if isinstance(s_start, bool) or not isinstance(s_start, int | np.integer) or not 0 <= s_start < n:
-            raise ValueError(f"s_start must be an int in [0, {n - 1}], got {s_start!r}")
-        s = int(s_start)
-        info["s_start_source"] = "override"
     protected = [*range(min(s, n)), n - 1]
     droppable = n - len(set(protected))
     check_n_prune(

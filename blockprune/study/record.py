@@ -63,9 +63,12 @@ def method_id(method: str, estimator: str | None, params: Mapping[str, Any] | No
 
 
 def trial_key(cal_key: str, method: str, estimator: str | None, granularity: str, n_prune: int,
-              params: Mapping[str, Any] | None = None) -> str:
+              params: Mapping[str, Any] | None = None, stage_rule: str | None = None) -> str:
+    """One selection's key. EntroDrop's stage rule enters it unless it is "curve": keys made before the rule
+    was a choice meant the curve detector, and those runs stay valid under that explicit setting."""
     est = (estimator or "-") + (f"[{params_text(params)}]" if params else "")
-    return f"{cal_key}|{method}|{est}|{granularity}|k={n_prune}"
+    rule = "" if method != "entrodrop" or (stage_rule or "fixed") == "curve" else f"|rule={stage_rule or 'fixed'}"
+    return f"{cal_key}|{method}|{est}|{granularity}|k={n_prune}{rule}"
 
 
 @dataclass

@@ -82,7 +82,7 @@ def _job(spec: StudySpec, model: ModelGrid, cal: Any, trials: list[Any]) -> Any:
 def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadline, echo: Echo,
                models: dict[str, Any], reference: bool) -> None:
     """Capture (or reuse) the reference calibration's store (or the others') and make every selection."""
-    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path
+    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path, trial_capture, with_capture
     from blockprune.pipeline.scoring import score_and_select
 
     done = slog.by_key("selection")
@@ -93,7 +93,7 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
                 continue
             ckey = calibration_key(m.name, cal.corpus, cal.seed, cal.n_samples, cal.seq_len, dict(m.capture))
             todo = [t for t in trials if trial_key(ckey, t.method, t.estimator, t.granularity, t.n_prune,
-                                                   t.estimator_params) not in done]
+                                                   t.estimator_params, t.stage_rule) not in done]
             if not todo:
                 continue
             if deadline.passed():
@@ -118,16 +118,23 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
             slog.log(parent, {"capture_seconds": float(manifest.get("capture_seconds", 0.0)),
                               "tokens_calibrated": float(manifest.get("tokens_calibrated", 0)),
                               "sample_rows": float(store.n_rows)})
+            stores = {p.job.capture: store}
             for t in todo:
-                tkey = trial_key(ckey, t.method, t.estimator, t.granularity, t.n_prune, t.estimator_params)
+                settings = trial_capture(t, p.job.capture)
+                if settings not in stores:  # a per-window estimator's store: whole windows, position 0 kept
+                    stores[settings] = capture_or_reuse(with_capture(p, settings), models.get(m.name), load=load)[0]
+                    echo(f"[study] {ckey}: per-window store {stores[settings].path}")
+                t_store = stores[settings]
+                tkey = trial_key(ckey, t.method, t.estimator, t.granularity, t.n_prune, t.estimator_params,
+                                 t.stage_rule)
                 tags = {"model": m.name, "corpus": cal.corpus, "seed": cal.seed, "reference": int(ci == 0),
                         "method": t.method, "estimator": t.estimator or "none", "granularity": t.granularity,
                         "label": method_id(t.method, t.estimator, t.estimator_params), "n_prune": t.n_prune,
-                        "store_checksum": store.checksum}
+                        "store_checksum": t_store.checksum}
                 name = f"{m.name} {t.name} @{cal.corpus}/s{cal.seed}"
                 t0 = time.perf_counter()
                 try:
-                    scored = score_and_select(store, t)
+                    scored = score_and_select(t_store, t)
                 except TooFewBlocksError as e:  # recorded: the report lists what a method could not select
                     rid = slog.start("selection", tkey, name, tags | {"infeasible": str(e)}, parent=parent)
                     slog.log(rid, {"scoring_seconds": time.perf_counter() - t0})
@@ -135,7 +142,7 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
                     echo(f"[study] {tkey}: not selectable: {e}")
                     continue
                 seconds = time.perf_counter() - t0
-                plan = scored.to_plan(t, store, model_id=p.resolved.name, revision=p.resolved.revision,
+                plan = scored.to_plan(t, t_store, model_id=p.resolved.name, revision=p.resolved.revision,
                                       n_blocks=p.n_layers, calibration=p.job.calibration)
                 rid = slog.start("selection", tkey, name, tags | {
                     "blocks": blocks_text(plan.blocks), "plan_key": plan_key(m.name, t.granularity, plan.blocks)},

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from blockprune.calibration.corpora import load_corpus
-from blockprune.calibration.settings import CaptureSettings
+from blockprune.calibration.settings import CaptureSettings, key_settings
 from blockprune.errors import BadInputError
 from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 from blockprune.models.adapters import adapter_for_config
@@ -46,19 +46,22 @@ def _default_estimator(method: str) -> str | None:
 
 @dataclass(frozen=True)
 class MethodRef:
-    """``method``, ``method/estimator``, or ``{method: …, estimator: …, params: {…}}`` as written in the spec."""
+    """``method``, ``method/estimator``, or ``{method: …, estimator: …, params: {…}, stage_rule: …}`` as written
+    in the spec (``stage_rule``: EntroDrop's, "fixed" by default)."""
 
     method: str
     estimator: str | None
     params: tuple[tuple[str, Any], ...] = ()
+    stage_rule: str | None = None
 
     @classmethod
     def parse(cls, item: Any) -> MethodRef:
         if isinstance(item, dict):
-            item = _keys(item, {"method", "estimator", "params"}, f"method {item}")
+            item = _keys(item, {"method", "estimator", "params", "stage_rule"}, f"method {item}")
             params = _keys(item.get("params") or {}, set(item.get("params") or {}), "params")
             method = str(item.get("method", ""))
-            return cls(method, item.get("estimator") or _default_estimator(method), tuple(sorted(params.items())))
+            return cls(method, item.get("estimator") or _default_estimator(method), tuple(sorted(params.items())),
+                       item.get("stage_rule"))
         method, _, est = str(item).partition("/")
         return cls(method, est or _default_estimator(method))
 
@@ -123,7 +126,7 @@ class StudySpec:
         is in each run's ``tasks_done`` tag, so changing it redoes lm-eval and nothing else."""
         evaluation = asdict(self.evaluation)
         del evaluation["lm_eval_dtype"]
-        payload = json.dumps({"capture": asdict(self.capture), "evaluation": evaluation,
+        payload = json.dumps({"capture": key_settings(self.capture), "evaluation": evaluation,
                               "dtype": self.dtype}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
@@ -141,7 +144,7 @@ class StudySpec:
             for m in methods:
                 for n in counts:
                     out.append(TrialSpec(method=m.method, n_prune=int(n), granularity=g, estimator=m.estimator,
-                                         estimator_params=dict(m.params)))
+                                         estimator_params=dict(m.params), stage_rule=m.stage_rule))
         return out
 
 def _keys(d: Any, allowed: set[str], where: str) -> dict[str, Any]:

@@ -107,11 +107,49 @@ def test_sample_positions_are_seeded_sorted_and_skip_bos() -> None:
     assert len(every) == 16
 
 
+def test_whole_window_sampling_keeps_every_position_of_seeded_windows() -> None:
+    pos = sample_positions(10, 64, 200, seed=3, skip_first=False, whole_windows=True)
+    wins = np.unique(pos[:, 0])
+    assert len(wins) == 3 and len(pos) == 3 * 64  # 200 // 64 whole windows, no partial one
+    for w in wins:
+        assert np.array_equal(pos[pos[:, 0] == w, 1], np.arange(64))  # position 0 included
+    assert not np.array_equal(wins, np.unique(sample_positions(10, 64, 200, 4, False, True)[:, 0]))
+    flat = pos[:, 0] * 64 + pos[:, 1]
+    assert np.all(np.diff(flat) > 0)
+    bos_skipped = sample_positions(10, 64, 200, seed=3, skip_first=True, whole_windows=True)
+    assert bos_skipped[:, 1].min() == 1 and len(bos_skipped) == 3 * 63
+    assert len(sample_positions(4, 64, 10**6, 0, False, True)) == 4 * 64  # all windows when they fit
+    with pytest.raises(ValueError, match="no whole window"):
+        sample_positions(10, 64, 50, 0, False, True)
+
+
+def test_new_capture_settings_enter_the_store_key_only_when_not_default() -> None:
+    from blockprune.calibration.capture import store_key
+    from blockprune.calibration.settings import for_window_pooling
+
+    meta = {"model": "m", "corpus": "c"}
+    default = CaptureSettings()
+    # the key of a default store is what it was before `sampling` existed (the same payload)
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    legacy = {k: v for k, v in asdict(default).items() if k != "sampling"}
+    old_key = hashlib.sha256(json.dumps({"meta": meta, "settings": legacy}, sort_keys=True,
+                                        default=str).encode()).hexdigest()[:20]
+    assert store_key(meta, default) == old_key
+    windows = for_window_pooling(default)
+    assert windows.sampling == "windows" and windows.include_bos
+    assert store_key(meta, windows) != store_key(meta, CaptureSettings(include_bos=True))
+
+
 def test_capture_settings_reject_bad_values() -> None:
     with pytest.raises(ValueError):
         CaptureSettings(store_dtype="int8")
     with pytest.raises(ValueError):
         CaptureSettings(sample_rows=1)
+    with pytest.raises(ValueError, match="sampling"):
+        CaptureSettings(sampling="rows")
 
 
 @pytest.mark.parametrize("value", [7e4, -7e4])

@@ -46,8 +46,10 @@ def _record(uri: str, experiment: str) -> dict[str, dict]:
 
 
 def test_local_and_ray_runs_log_the_same_record(ray_local, tmp_path) -> None:
+    # EntroDrop's default reads a second, per-window store: captured by the actors on the Ray path
     job = replace(tiny_job(tmp_path / "stores", trials=(TrialSpec("mi_fbs", 3, estimator="mi.ksg"),
-                                                        TrialSpec("shortgpt", 2, granularity="attention"))))
+                                                        TrialSpec("shortgpt", 2, granularity="attention"),
+                                                        TrialSpec("entrodrop", 2))))
     job = replace(job, evaluation=replace(job.evaluation, latency=True, samples=True))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run_job(job, tracker=Tracker(uri, "local"), progress=False)
@@ -55,7 +57,8 @@ def test_local_and_ray_runs_log_the_same_record(ray_local, tmp_path) -> None:
     run_distributed_job(job, Tracker(uri, "ray"), settings, echo=print)
 
     local, ray = _record(uri, "local"), _record(uri, "ray")
-    assert set(local) == set(ray) == {"job", "mi_fbs/mi.ksg/layer/k=3", "shortgpt/attention/k=2"}
+    assert set(local) == set(ray) == {"job", "mi_fbs/mi.ksg/layer/k=3", "shortgpt/attention/k=2",
+                                      "entrodrop/entropy.knn_window/layer/k=2"}
     for name in local:
         for what in ("metrics", "params", "tags", "artifacts"):
             assert local[name][what] == ray[name][what], (name, what, local[name][what] ^ ray[name][what])

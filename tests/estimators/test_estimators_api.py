@@ -11,9 +11,11 @@ from blockprune.registry import UnknownNameError
 
 pytestmark = pytest.mark.unit
 
-PAIR = ["bi", "angular", "relative_magnitude", "mi.ksg", "mi.gaussian", "mi.sliced"]
-SINGLE = ["entropy.bucket", "entropy.knn", "entropy.renyi", "entropy.gaussian"]
-KNN = ["mi.ksg", "mi.sliced", "entropy.knn"]
+PAIR = ["bi", "angular", "relative_magnitude", "mi.ksg", "mi.gaussian", "mi.sliced", "mi.perdim",
+        "mi.perdim_gaussian"]
+SINGLE = ["entropy.bucket", "entropy.knn", "entropy.renyi", "entropy.gaussian", "entropy.bucket_window",
+          "entropy.knn_window", "entropy.renyi_window"]
+KNN = ["mi.ksg", "mi.sliced", "entropy.knn", "mi.perdim", "entropy.knn_window"]
 
 
 def call(name: str, x: object, y: object = None, **kw: object) -> float:
@@ -30,8 +32,12 @@ def test_names_and_get() -> None:
     assert estimators.get("mi.ksg").fn is estimators.mi.ksg
     assert estimators.get("entropy.knn").fn is estimators.entropy.knn
     assert estimators.get("bi").fn is estimators.bi
-    assert estimators.names("mi") == ["mi.gaussian", "mi.ksg", "mi.sliced"]
+    assert estimators.names("mi") == ["mi.gaussian", "mi.ksg", "mi.perdim", "mi.perdim_gaussian", "mi.sliced"]
     assert {estimators.get(n).kind for n in estimators.names("entropy")} == {"entropy"}
+    window = [n for n in estimators.names() if estimators.get(n).pooling == "window"]
+    assert window == ["entropy.bucket_window", "entropy.knn_window", "entropy.renyi_window"]
+    assert estimators.get("entropy.bucket_window").fn is estimators.entropy.bucket  # with bins=20 fixed
+    assert estimators.get("entropy.bucket_window").defaults == {"bins": 20}
 
 
 def test_unknown_name_lists_known() -> None:

@@ -69,12 +69,14 @@ def test_monotone_decrease_leaves_nothing_droppable() -> None:
     det = detect_entropy_stage(d)
     assert det.s_start == 12 and not det.confirmed
     with pytest.raises(ValueError, match="only 0 droppable"):
-        entrodrop_select(d, 1)
+        entrodrop_select(d, 1, stage_rule="curve")
+    # the released code's fixed rule ignores the curve: blocks 0, 1 and 11 kept, the rest droppable
+    assert entrodrop_select(d, 1).blocks == (2,)
 
 
 def test_selection_protects_stage_one_and_last_block() -> None:
     d = np.r_[-0.5, -0.4, -0.3, 0.5, 0.01, 0.3, 0.02, 0.4, 0.2, 0.0]
-    sel = entrodrop_select(d, 3)
+    sel = entrodrop_select(d, 3, stage_rule="curve")
     assert sel.info["s_start"] == 3 and sel.info["s_start_source"] == "detected"
     assert sel.blocks == (4, 6, 8)  # block 9 (ΔH 0.0, the lowest in stage 2) is the last: kept
     assert 9 not in sel.blocks and not set(sel.blocks) & {0, 1, 2}
@@ -88,8 +90,21 @@ def test_override_and_errors() -> None:
     assert sel.info["s_start_source"] == "override"
     assert entrodrop_select(d, 2, s_start=0).blocks == (0, 1)
     with pytest.raises(ValueError, match="only 6 droppable"):
-        entrodrop_select(d, 7)  # 10 blocks − 3 in stage 1 − the last
+        entrodrop_select(d, 7, stage_rule="curve")  # 10 blocks − 3 in stage 1 − the last
+    with pytest.raises(ValueError, match="stage_rule"):
+        entrodrop_select(d, 1, stage_rule="paper")
     with pytest.raises(ValueError, match="s_start"):
         entrodrop_select(d, 1, s_start=10)
     with pytest.raises(ValueError, match="finite"):
         entrodrop_select([-0.1, float("nan"), 0.2], 1)
+
+
+def test_fixed_rule_is_the_released_code() -> None:
+    """process_layers sets the scores of blocks 0, 1 and L-1 to inf, sorts by (score, index) and drops the
+    lowest ranks first: the same blocks as the fixed rule, ties to the lower index."""
+    d = np.r_[-0.5, -0.4, -0.3, 0.5, 0.01, 0.3, 0.01, 0.4, 0.2, 0.0]
+    sel = entrodrop_select(d, 3)
+    assert sel.info["s_start"] == 2 and sel.info["s_start_source"] == "fixed"
+    assert sel.info["protected"] == [0, 1, 9]
+    ranked = sorted(((v if i not in (0, 1, 9) else np.inf, i) for i, v in enumerate(d)))
+    assert sel.blocks == tuple(sorted(i for _, i in ranked[:3])) == (2, 4, 6)

@@ -59,6 +59,10 @@ def test_dispatch() -> None:
     ent = select("entrodrop", n, 2, block_scores=delta_h)
     assert ent.blocks == (2, 3) and ent.info["s_start"] == 2
     assert select("entrodrop", n, 2, block_scores=delta_h, s_start=5).blocks == (5, 6)
+    falling = [-0.3, -0.2, -0.1] + [0.1 + 0.01 * i for i in range(n - 3)]
+    assert select("entrodrop", n, 1, block_scores=falling).blocks == (2,)  # fixed rule: 0, 1, L-1 kept
+    curve = select("entrodrop", n, 1, block_scores=falling, stage_rule="curve")
+    assert curve.blocks == (3,) and curve.info["s_start_source"] == "detected"
 
 
 def test_block_method_may_read_single_runs_from_a_scorer() -> None:
@@ -87,6 +91,8 @@ class _Spy(TableScorer):
         ("angular", 2, {"score_run": None}, "needs a run scorer"),
         ("mi_brute", 2, {"score_run": 3}, "score_run must be callable"),
         ("mi_fbs", 2, {"s_start": 2}, "s_start only applies"),
+        ("shortgpt", 2, {"block_scores": [0.1] * 8, "stage_rule": "curve"}, "stage_rule only applies"),
+        ("entrodrop", 2, {"block_scores": [0.1] * 8, "stage_rule": "paper"}, "stage_rule must be"),
     ],
 )
 def test_bad_inputs_fail_before_work(method: str, n_prune: int, kwargs: dict, match: str) -> None:

@@ -157,7 +157,7 @@ def test_curves_get_one_panel_per_family_with_shortgpt_as_yardstick(study: Study
         plt.close(fig)
     assert titles == ["ShortGPT", "EntroDrop", "MI-PRUN"]
     assert labels == [["ShortGPT (BI)", "dense"], ["ShortGPT (BI)", "EntroDrop · KNN", "dense"],
-                      ["ShortGPT (BI)", "MI-PRUN FBS", "MI-PRUN brute force", "dense"]]
+                      ["ShortGPT (BI)", "MI-PRUN FBS · KSG", "MI-PRUN brute force · KSG", "dense"]]  # KSG: not the default
 
 
 def test_infeasible_selection_is_listed_not_evaluated(study: Study, tmp_path: Path) -> None:
