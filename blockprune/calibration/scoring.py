@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from blockprune.calibration.store import ActivationStore
+from blockprune.calibration.store import boundary_name as bn
 from blockprune.selection.plan import run_key
 
 Run = tuple[int, ...]
@@ -195,7 +196,6 @@ class StoreRunScorer:
 
 def boundary_names(store: ActivationStore, granularity: str) -> list[tuple[str, str]]:
     """(input boundary, output boundary) of every block at a granularity."""
-    from blockprune.calibration.store import boundary_name as bn
 
     n = store.n_layers
     if granularity == "layer":

@@ -26,6 +26,7 @@ from blockprune.distributed.capture import capture_with_actors
 from blockprune.distributed.cluster import ClusterInfo, InsufficientResourcesError, cluster_info
 from blockprune.distributed.model_actor import ModelGroup, resolve_num_gpus
 from blockprune.distributed.scoring import RayScoring
+from blockprune.env import apply_env_defaults
 from blockprune.pipeline.config import ActorPlacement, DistributedSettings, JobConfig, ScoringOptions
 from blockprune.pipeline.evaluate import Evaluation
 from blockprune.pipeline.job import JobResult, run_job
@@ -175,7 +176,6 @@ class RayBackend:
 
 def _heal_task(plan: PrunePlan, model: str, cfg: Any, out_dir: str, tracker: Any, parent_run_id: str | None,
                progress: bool) -> dict[str, Any]:
-    from blockprune.env import apply_env_defaults
     from blockprune.healing.run import heal_plan
 
     apply_env_defaults()

@@ -35,6 +35,7 @@ from blockprune.calibration.store import (
     float16_overflow,
 )
 from blockprune.errors import BlockpruneError
+from blockprune.models.adapters import text_config
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,6 @@ def capture_layout(p: Any) -> tuple[np.ndarray, list[str], int, int, bool]:
     """(positions, boundary names, n_layers, hidden, skip_first) exactly as the single-process capture."""
     from transformers import AutoConfig
 
-    from blockprune.models.adapters import text_config
 
     settings = p.job.capture
     windows = p.windows

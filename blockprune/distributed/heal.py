@@ -24,8 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from blockprune.distributed.cluster import InsufficientResourcesError, connect
 from blockprune.env import apply_env_defaults
 from blockprune.errors import BadInputError
+from blockprune.models.adapters import adapter_for_config
 
 apply_env_defaults()
 log = logging.getLogger(__name__)
@@ -57,7 +59,6 @@ class RayHealSettings:
 
 def check_resources(settings: RayHealSettings, info: Any) -> None:
     """Refuse a request the connected cluster cannot hold, before any worker starts."""
-    from blockprune.distributed.cluster import InsufficientResourcesError
 
     need_gpu = settings.workers * settings.gpus_per_worker
     need_cpu = settings.workers * settings.cpus_per_worker
@@ -73,7 +74,6 @@ def check_resources(settings: RayHealSettings, info: Any) -> None:
 
 def ray_preflight(settings: RayHealSettings) -> Any:
     """Connect to the cluster (or start a local one), refuse a request it cannot hold; returns its ClusterInfo."""
-    from blockprune.distributed.cluster import connect
 
     info = connect(settings.address)
     check_resources(settings, info)
@@ -85,7 +85,6 @@ def _strategy(name: str, inputs: Any) -> Any:
 
     if name == "ddp":
         return RayDDPStrategy(find_unused_parameters=False)
-    from blockprune.models.adapters import adapter_for_config
 
     layer_cls = adapter_for_config(inputs.source.config).no_split_class
     import transformers

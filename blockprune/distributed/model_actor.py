@@ -25,7 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from blockprune.distributed.cluster import ClusterInfo, InsufficientResourcesError, check_gpu_request
+from blockprune.distributed.cluster import (
+    ClusterInfo,
+    InsufficientResourcesError,
+    check_gpu_request,
+    cluster_info,
+)
+from blockprune.distributed.deepspeed_engine import wrap_inference
+from blockprune.env import apply_env_defaults
+from blockprune.models.zoo import load_model
 from blockprune.pipeline.config import ActorPlacement
 
 log = logging.getLogger(__name__)
@@ -138,10 +146,8 @@ class ModelWorker:
 
     def __init__(self, job: Any, num_gpus: int = 0, engine: str = "accelerate", headroom: float = 0.15,
                  progress: bool = False) -> None:
-        from blockprune.env import apply_env_defaults
 
         apply_env_defaults()
-        from blockprune.models.zoo import load_model
         from blockprune.pipeline.prepare import prepare
 
         t0 = time.perf_counter()
@@ -179,7 +185,6 @@ class ModelWorker:
             self.model, _, _ = load_model(job.model, dtype=job.dtype, device_map=device_map)
             self.device_map = getattr(self.model, "hf_device_map", None)
             if engine == "deepspeed":
-                from blockprune.distributed.deepspeed_engine import wrap_inference
 
                 self._ds_engine, self.model = wrap_inference(self.model, job.dtype)
         self.load_seconds = time.perf_counter() - t0
@@ -290,7 +295,6 @@ class ModelGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from blockprune.distributed.cluster import cluster_info
 
         self.name = name
         self.replicas = replicas

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from blockprune.calibration.windows import TokenWindows
 from blockprune.evaluation.perplexity import PerplexityResult, chunk_perplexity
+from blockprune.models.adapters import submodule
 from blockprune.models.apply import PlanMismatchError
 from blockprune.models.layer_stream import LayerStream, window_batches
 from blockprune.selection.plan import PrunePlan
@@ -47,7 +48,6 @@ class _StreamedLogits:
         return self._input  # only its device is read
 
     def get_output_embeddings(self) -> Any:
-        from blockprune.models.adapters import submodule
 
         return submodule(self.stream.model, self.stream.adapter.lm_head_path)
 

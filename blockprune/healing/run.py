@@ -33,7 +33,10 @@ from blockprune.healing.lora import (
     wrap_lora,
 )
 from blockprune.healing.source import HealSource, save_healed
+from blockprune.healing.tracking import heal_run, log_result
 from blockprune.healing.trainer import TrainerSetup, build_trainer, last_checkpoint
+from blockprune.models.zoo import load_model, resolve_model
+from blockprune.tracking.tracker import Tracker
 
 log = logging.getLogger(__name__)
 SUMMARY_FILE = "heal.json"
@@ -225,7 +228,6 @@ class HealResult:
 
 def dense_perplexities(source: HealSource, sets: dict[str, TokenWindows], batch_size: int) -> dict[str, float]:
     """The dense model's perplexity on the same windows (loads it; skipped when it cannot be resolved)."""
-    from blockprune.models.zoo import load_model
 
     model, _, _ = load_model(source.model or source.plan.model_id)
     try:
@@ -302,8 +304,6 @@ def heal(inputs: HealInputs, out_dir: str | Path, *, fit: FitFn | None = None, t
     adapter lives only in the final checkpoint, as after a Ray run). Raises :class:`HealingInterrupted`
     after a Ctrl-C / SIGTERM, once the checkpoint is written.
     """
-    from blockprune.healing.tracking import heal_run, log_result
-    from blockprune.tracking.tracker import Tracker
 
     t_start = time.perf_counter()
     tracker = tracker or Tracker(enabled=False)
@@ -356,7 +356,6 @@ def precheck_heal(model: str, cfg: HealConfig) -> None:
     LoRA target names against the model's architecture, the training split against the budget."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from blockprune.models.zoo import resolve_model
 
     resolved = resolve_model(model)
     resolve_targets(AutoConfig.from_pretrained(resolved.path), cfg.lora.targets)

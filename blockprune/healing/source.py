@@ -18,6 +18,7 @@ from typing import Any
 from blockprune.errors import BadInputError
 from blockprune.models.adapters import adapter_for_config, text_config
 from blockprune.models.apply import PLAN_FILE, PlanMismatchError
+from blockprune.models.zoo import load_model, resolve_model
 from blockprune.selection.plan import PrunePlan
 
 HEALING_KEY = "blockprune_healing"  # config.json key of a healed model: what healing did
@@ -68,7 +69,6 @@ class HealSource:
 
             return load_pruned(self.pruned_path, dtype=dtype), AutoTokenizer.from_pretrained(self.pruned_path)
         from blockprune.models.apply import apply_plan
-        from blockprune.models.zoo import load_model
 
         assert self.model is not None
         model, tok, _ = load_model(self.model, dtype=dtype)
@@ -113,7 +113,6 @@ def resolve_source(pruned: str | None = None, plan: str | PrunePlan | None = Non
         return HealSource(plan=ck_plan, config=config, pruned_path=str(path.resolve()), model=ck_plan.model_id)
     if given_plan is None:
         raise BadInputError("nothing to heal: pass --pruned DIR, or --plan FILE (with --model)")
-    from blockprune.models.zoo import resolve_model
 
     name = model or given_plan.model_id
     if name != given_plan.model_id:

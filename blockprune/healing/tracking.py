@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from blockprune.tracking.tracker import KIND_TAG, Tracker
+from blockprune.tracking.tracker import KIND_TAG, Tracker, default_tracking_uri
 
 HEAL_KIND = "heal"
 RUN_FILE = "heal_run.json"  # in the output folder: which MLflow run a resumed healing continues
@@ -99,7 +99,6 @@ def healed_metrics(trial_run_ids: Iterable[str], tracking_uri: str | None = None
     if client is None:
         from mlflow import MlflowClient
 
-        from blockprune.tracking.tracker import default_tracking_uri
 
         client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
     experiments = sorted({client.get_run(i).info.experiment_id for i in ids})

@@ -19,6 +19,8 @@ from typing import Any
 
 from blockprune.env import apply_env_defaults
 from blockprune.jobs.entry import run_entry
+from blockprune.models.adapters import adapter_for_config
+from blockprune.models.zoo import resolve_model
 from blockprune.pipeline.config import (
     CALIBRATION_DEFAULTS,
     EvalSettings,
@@ -29,7 +31,11 @@ from blockprune.pipeline.config import (
     parse_tracking,
     read_yaml,
 )
+from blockprune.pipeline.results import ResultsFolder, default_results_dir
+from blockprune.pipeline.space import check_writable_dir, check_writable_file
+from blockprune.selection import n_prune_from_ratio
 from blockprune.selection.methods import METHODS
+from blockprune.tracking.tracker import Tracker
 
 apply_env_defaults()
 
@@ -156,9 +162,6 @@ def _cli_trials(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
     if args.prune_ratio is not None:
         from transformers import AutoConfig
 
-        from blockprune.models.adapters import adapter_for_config
-        from blockprune.models.zoo import resolve_model
-        from blockprune.selection import n_prune_from_ratio
 
         cfg = AutoConfig.from_pretrained(resolve_model(model).path)
         prunes.append(n_prune_from_ratio(args.prune_ratio, adapter_for_config(cfg).n_layers(cfg)))
@@ -200,9 +203,6 @@ def tracking_from_args(args: argparse.Namespace) -> TrackingSpec:
 
 def run(args: argparse.Namespace) -> int:
     from blockprune.pipeline.job import JobResult, run_job
-    from blockprune.pipeline.results import ResultsFolder, default_results_dir
-    from blockprune.pipeline.space import check_writable_dir, check_writable_file
-    from blockprune.tracking.tracker import Tracker
 
     job = job_from_args(args)
     tr = tracking_from_args(args)

@@ -20,13 +20,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from blockprune.errors import BlockpruneError
+from blockprune.tracking.tracker import JobInterrupted
 
 NOISY_LOGGERS = ("httpx", "urllib3", "alembic", "mlflow", "datasets", "filelock")
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
     """The first SIGTERM unwinds the job; a second one, during that clean-up, kills at once (the default)."""
-    from blockprune.tracking.tracker import JobInterrupted
 
     signal.signal(signum, signal.SIG_DFL)
     raise JobInterrupted(signal.Signals(signum).name)
@@ -46,7 +46,6 @@ def stop_cleanly_on_sigterm() -> Iterator[None]:
 
 
 def run_entry(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    from blockprune.tracking.tracker import JobInterrupted
 
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -13,8 +13,16 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from blockprune.calibration.corpora import load_corpus
+from blockprune.calibration.windows import heldout_windows, split_documents
 from blockprune.env import apply_env_defaults
+from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 from blockprune.jobs.entry import run_entry
+from blockprune.models.zoo import load_model, resolve_model
+from blockprune.pipeline.config import EvalSettings
+from blockprune.pipeline.space import check_writable_file
+from blockprune.selection.plan import PrunePlan
+from blockprune.tracking.tracker import Tracker
 
 apply_env_defaults()
 
@@ -54,7 +62,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def measure(model: Any, tokenizer: Any, windows: Any, args: argparse.Namespace,
             held_docs: list[str] | None = None) -> dict[str, Any]:
     """The pipeline's measurements of one model, flattened for the table (samples under ``"samples"``)."""
-    from blockprune.pipeline.config import EvalSettings
     from blockprune.pipeline.evaluate import measure_model
 
     ev = EvalSettings(tasks=tuple(t for t in args.tasks.split(",") if t), limit=args.limit,
@@ -66,7 +73,6 @@ def measure(model: Any, tokenizer: Any, windows: Any, args: argparse.Namespace,
 def _load(args: argparse.Namespace, plan: Any = None) -> tuple[list[tuple[str, Any]], Any, str]:
     """[(label, model)…], tokenizer, model id; raises on bad input before evaluation work."""
     from blockprune.models.apply import apply_plan, load_pruned, read_plan
-    from blockprune.models.zoo import load_model
 
     if args.pruned:
         from transformers import AutoTokenizer
@@ -93,8 +99,6 @@ def read_checked_plan(args: argparse.Namespace) -> Any:
     from transformers import AutoConfig
 
     from blockprune.models.apply import check_plan_for_config
-    from blockprune.models.zoo import resolve_model
-    from blockprune.selection.plan import PrunePlan
 
     plan = PrunePlan.load(args.plan)
     resolved = resolve_model(args.model)
@@ -118,18 +122,13 @@ def format_table(rows: list[tuple[str, dict[str, Any]]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from blockprune.calibration.corpora import load_corpus
-    from blockprune.calibration.windows import heldout_windows
-    from blockprune.tracking.tracker import Tracker
 
     tracker = Tracker(args.tracking_uri, args.experiment, enabled=not args.no_tracking)
     tracker.check()
     if args.tasks:
-        from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 
         resolve_task_names([t for t in args.tasks.split(",") if t])
     if args.json_out:
-        from blockprune.pipeline.space import check_writable_file
 
         check_writable_file(args.json_out, "--json-out")
     if args.pruned:
@@ -137,14 +136,12 @@ def run(args: argparse.Namespace) -> int:
 
         read_plan(args.pruned)
     else:
-        from blockprune.models.zoo import resolve_model
 
         resolve_model(args.model)  # an unknown model is bad input, found before anything loads
     plan = read_checked_plan(args)
     corpus = load_corpus(args.corpus)
     models, tok, model_id = _load(args, plan)
     windows = heldout_windows(tok, corpus, args.seq_len, args.eval_windows)
-    from blockprune.calibration.windows import split_documents
 
     held = split_documents(corpus)[1][: args.rolling_docs] if args.rolling_docs else None
     rows = [(label, measure(m, tok, windows, args, held)) for label, m in models]

@@ -26,8 +26,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from blockprune.distributed.cluster import shutdown
+from blockprune.distributed.heal import RayHealSettings, fit_on_ray, ray_preflight
 from blockprune.env import apply_env_defaults
+from blockprune.errors import BadInputError
+from blockprune.healing.config import HealConfig, LoraSettings
+from blockprune.healing.tracking import find_trial_run, read_run_file
 from blockprune.jobs.entry import run_entry
+from blockprune.models.zoo import resolve_model
+from blockprune.tracking.tracker import Tracker
 
 apply_env_defaults()
 
@@ -107,7 +114,6 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def config_from_args(args: argparse.Namespace):  # -> HealConfig
-    from blockprune.healing.config import HealConfig, LoraSettings
 
     return HealConfig(
         corpora=tuple(args.corpus or ["wikipedia"]), eval_corpora=tuple(args.eval_corpus or ()),
@@ -132,12 +138,9 @@ def _out_dir(args: argparse.Namespace, source) -> Path:  # source: HealSource
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from blockprune.errors import BadInputError
     from blockprune.healing.run import HealingInterrupted, check_devices, heal, local_fit, prepare_heal
     from blockprune.healing.source import resolve_source
-    from blockprune.healing.tracking import find_trial_run
     from blockprune.healing.trainer import last_checkpoint
-    from blockprune.tracking.tracker import Tracker
 
     cfg = config_from_args(args)
     use_ray = args.ray or args.devices > 1 or args.workers is not None
@@ -151,7 +154,6 @@ def run(args: argparse.Namespace) -> int:
     tracker.check()
     source = resolve_source(pruned=args.pruned, plan=args.plan, model=args.model)
     if not args.no_dense:
-        from blockprune.models.zoo import resolve_model
 
         try:
             resolve_model(source.model or source.plan.model_id)
@@ -167,7 +169,6 @@ def run(args: argparse.Namespace) -> int:
         raise BadInputError(f"{out_dir} holds checkpoints of an earlier healing: pass --resume to continue it, "
                             "or choose another --out")
     if use_ray:
-        from blockprune.distributed.heal import RayHealSettings, fit_on_ray
 
         settings = RayHealSettings(workers=workers, gpus_per_worker=gpus, cpus_per_worker=args.cpus_per_worker,
                                    strategy=args.strategy, max_failures=args.max_failures, address=args.address)
@@ -183,14 +184,12 @@ def run(args: argparse.Namespace) -> int:
     started_ray = False
     try:
         if use_ray:
-            from blockprune.distributed.heal import ray_preflight
 
             started_ray = ray_preflight(settings).started_local  # connects or starts a cluster, checks its devices
         result = heal(inputs, out_dir, fit=fit, tracker=tracker, parent_run_id=parent, resume=resume,
                       dense=not args.no_dense, progress=not args.quiet, tags=tags)
     except HealingInterrupted as e:
         if tracker.enabled:
-            from blockprune.healing.tracking import read_run_file
 
             info = read_run_file(out_dir)
             if info:
@@ -199,7 +198,6 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         if started_ray:  # a cluster this command started; one it joined keeps running
-            from blockprune.distributed.cluster import shutdown
 
             shutdown()
     summary = {"merged": result.merged_path, "adapter": result.adapter_path, "steps": result.fit.steps,

@@ -22,6 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from blockprune.distributed.cluster import connect, shutdown
 from blockprune.env import apply_env_defaults
 from blockprune.jobs.entry import run_entry
 from blockprune.pipeline.config import SpecError, compatible_estimators
@@ -114,7 +115,6 @@ def apply_overrides(spec: SweepSpec, args: argparse.Namespace) -> SweepSpec:
 
 def run(args: argparse.Namespace) -> int:
     """Validate, connect, run, summarise; 0 only when every job succeeded (1: some failed, 2: bad input)."""
-    from blockprune.distributed.cluster import connect, shutdown
     from blockprune.distributed.sweep import run_sweep
 
     try:

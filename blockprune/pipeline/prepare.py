@@ -26,6 +26,8 @@ from blockprune.evaluation.lm_eval_tasks import resolve_task_names
 from blockprune.models.adapters import Adapter, adapter_for_config, text_config
 from blockprune.models.zoo import ResolvedModel, load_tokenizer, resolve_model
 from blockprune.pipeline.config import JobConfig, TrialSpec
+from blockprune.pipeline.space import check_job_space, store_bytes
+from blockprune.selection.entrodrop import STAGE_RULES
 from blockprune.selection.methods import METHODS
 
 log = logging.getLogger(__name__)
@@ -72,7 +74,6 @@ def validate_trial(trial: TrialSpec, n_layers: int) -> None:
     if trial.s_start is not None and trial.method != "entrodrop":
         raise BadInputError("s_start applies to entrodrop only")
     if trial.stage_rule is not None:
-        from blockprune.selection.entrodrop import STAGE_RULES
 
         if trial.method != "entrodrop":
             raise BadInputError("stage_rule applies to entrodrop only")
@@ -112,7 +113,6 @@ def prepare(job: JobConfig) -> Prepared:
 
 def check_space(p: Prepared, hidden: int) -> None:
     """Room for the store (unless it is finished already) and for every pruned model ``save_dir`` will hold."""
-    from blockprune.pipeline.space import check_job_space, store_bytes
 
     cap = p.job.capture
     path = store_path(p)
