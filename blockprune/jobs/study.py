@@ -17,7 +17,7 @@ from pathlib import Path
 from blockprune.env import apply_env_defaults
 from blockprune.study.report import write_report
 from blockprune.study.run import import_study_runs, run_study
-from blockprune.study.spec import StudySpecError, default_spec_path, load_spec, validate
+from blockprune.study.spec import StudySpec, StudySpecError, default_spec_path, load_spec, validate
 from blockprune.tracking.tracker import TrackingUnavailableError, check_store, default_tracking_uri
 
 apply_env_defaults()
@@ -28,8 +28,11 @@ EPILOG = """examples:
   python -m blockprune.jobs.study --max-minutes 60   # work for an hour, write the report, stop; rerun to resume
   python -m blockprune.jobs.study --report-only      # rewrite the report from MLflow
   python -m blockprune.jobs.study --import-runs docs/results/runs.json   # resume on another machine
+  python -m blockprune.jobs.study --qwen             # qwen2.5-coder-1.5b, reference modes, healing → docs/RESULTS-qwen.md
+  python -m blockprune.jobs.study --qwen --quick     # its small twin on the 0.5B → docs/RESULTS-qwen-quick.md
 
-the spec: blockprune/jobs/configs/study.yaml (full) and study-quick.yaml (--quick)
+the spec: blockprune/jobs/configs/study.yaml (full) and study-quick.yaml (--quick); with --qwen,
+study-qwen.yaml and study-qwen-quick.yaml. A spec's `report:` key sets its default report path.
 """
 
 
@@ -37,10 +40,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p = parser or argparse.ArgumentParser(prog="python -m blockprune.jobs.study", description=__doc__,
                                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the small grid (study-quick.yaml); the report says so")
-    p.add_argument("--spec", type=Path, default=None, help="a study spec (default: study.yaml or study-quick.yaml)")
+    p.add_argument("--qwen", action="store_true",
+                   help="the Qwen study (study-qwen.yaml, or study-qwen-quick.yaml with --quick)")
+    p.add_argument("--spec", type=Path, default=None,
+                   help="a study spec (default: study.yaml or study-quick.yaml; the Qwen ones with --qwen)")
     p.add_argument("--out", type=Path, default=None,
-                   help="report path (default docs/RESULTS.md, or docs/RESULTS-quick.md with --quick); "
-                        "figures and runs.json go to a folder beside it")
+                   help="report path (default: the spec's `report:`, else docs/RESULTS.md, or docs/RESULTS-quick.md "
+                        "for a quick spec); figures and runs.json go to a folder beside it")
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db in the working dir)")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -55,6 +61,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     return p
 
 
+def default_out(spec: StudySpec) -> Path:
+    """The spec's own ``report:`` path, else the small models' reports (so no spec overwrites another's)."""
+    if spec.report:
+        return Path(spec.report)
+    return Path("docs") / ("RESULTS-quick.md" if spec.quick else "RESULTS.md")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
@@ -63,8 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.max_minutes is not None and args.max_minutes <= 0:
         print("error: --max-minutes must be positive", file=sys.stderr)
         return 2
+    if args.qwen and args.spec is not None:
+        print("error: --qwen selects the Qwen spec; give either --qwen or --spec", file=sys.stderr)
+        return 2
     try:
-        spec = load_spec(args.spec or default_spec_path(args.quick))
+        spec = load_spec(args.spec or default_spec_path(args.quick, qwen=args.qwen))
         uri = args.tracking_uri or default_tracking_uri()
         check_store(uri, 5.0, "start it or fix --tracking-uri / MLFLOW_TRACKING_URI")
         validate(spec)
@@ -78,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_report:
-        out = args.out or Path("docs") / ("RESULTS-quick.md" if spec.quick else "RESULTS.md")
+        out = args.out or default_out(spec)
         given = list(argv if argv is not None else sys.argv[1:])
         shown = [a for i, a in enumerate(given) if a not in ("--report-only", "--no-report", "-v", "--verbose")
                  and not a.startswith("--import-runs") and (i == 0 or given[i - 1] != "--import-runs")]

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from blockprune.study.markdown import fmt
 from blockprune.study.record import plan_key
-from blockprune.study.tables import Row, Study, display, family, geomean
+from blockprune.study.tables import Row, Study, family, geomean
 
 
 def noise_text(study: Study) -> str:
@@ -41,9 +41,9 @@ def summary_section(study: Study) -> list[str]:
                 best_acc = _best(rows, "avg_acc")
                 if best is None:
                     continue
-                text = f"- **{m}, {n} {gran}s**: lowest perplexity: {display(best.method)} (ppl× {fmt(best.ppl_ratio)})"
+                text = f"- **{m}, {n} {gran}s**: lowest perplexity: {study.name(best.method)} (ppl× {fmt(best.ppl_ratio)})"
                 if best_acc is not None:
-                    text += f"; best average accuracy: {display(best_acc.method)} ({fmt(best_acc.avg_acc, 3)})"
+                    text += f"; best average accuracy: {study.name(best_acc.method)} ({fmt(best_acc.avg_acc, 3)})"
                 lines.append(text)
                 by = {r.method: r for r in rows}
                 sg = by.get("shortgpt")
@@ -92,7 +92,7 @@ def summary_section(study: Study) -> list[str]:
         f"- *MI-PRUN beats EntroDrop*: holds in {count(claims['mi_vs_entro'])} cells.",
     ]
     if noise is not None:
-        lines += _accuracy_wins(wins, noise[1])
+        lines += _accuracy_wins(study, wins, noise[1])
     lines += all_calibration_claims(cells, None if noise is None else noise[1])
     lines += floor_lines(study)
     lines += correlation_lines(study)
@@ -108,7 +108,7 @@ def summary_section(study: Study) -> list[str]:
     if stab:
         lo, hi = min(stab, key=lambda t: t[2]), max(stab, key=lambda t: t[2])
         lines.append(f"- *Plans are stable across calibration data*: layer-plan Jaccard averages range from "
-                     f"{fmt(lo[2])} ({display(lo[1])}, {lo[0]}) to {fmt(hi[2])} ({display(hi[1])}, {hi[0]}).")
+                     f"{fmt(lo[2])} ({study.name(lo[1])}, {lo[0]}) to {fmt(hi[2])} ({study.name(hi[1])}, {hi[0]}).")
     lines.append("")
     return lines
 
@@ -166,7 +166,7 @@ def all_calibration_claims(cells: Sequence[Sequence[Row]], noise: float | None) 
             f"accuracy over its plans from every calibration, cells where all are measured): {'; '.join(parts)}."]
 
 
-def _accuracy_wins(wins: list[tuple[str, str, int, Row, Row]], noise: float) -> list[str]:
+def _accuracy_wins(study: Study, wins: list[tuple[str, str, int, Row, Row]], noise: float) -> list[str]:
     """The accuracy wins over ShortGPT beyond the noise, each with the task that moved most and both
     perplexities: a win carried by one task, at a worse perplexity, is not the papers' claim holding."""
     out, held = [], 0
@@ -175,7 +175,7 @@ def _accuracy_wins(wins: list[tuple[str, str, int, Row, Row]], noise: float) -> 
             continue
         moved = {t: a - sg.accuracy[t] for t, a in top.accuracy.items() if t in sg.accuracy}
         task = max(moved, key=lambda t: abs(moved[t])) if moved else None
-        text = f"  - {m}, {n} {gran}s: {display(top.method)} {fmt(top.avg_acc, 3)} vs ShortGPT {fmt(sg.avg_acc, 3)}"
+        text = f"  - {m}, {n} {gran}s: {study.name(top.method)} {fmt(top.avg_acc, 3)} vs ShortGPT {fmt(sg.avg_acc, 3)}"
         if task is not None and len(moved) > 1:
             rest = [t for t in moved if t != task]
             a, b = (sum(r.accuracy[t] for t in rest) / len(rest) for r in (top, sg))

@@ -43,7 +43,7 @@ def curve_figure(study: Study, model: str, granularity: str, what: str) -> Any:
         for i, mid in enumerate(shown):
             color = "k" if mid == "shortgpt" else plt.get_cmap("tab10")(i % 10)
             _curve(ax, by_n, cells, mid, what, color, MARKERS[i % len(MARKERS)], 7.0 - 0.6 * (i % len(MARKERS)),
-                   yardstick=mid == "shortgpt" and fam != "base")
+                   yardstick=mid == "shortgpt" and fam != "base", label=study.name(mid))
         if dense is not None:
             ax.axhline(dense, color="k", lw=0.8, ls=":", label="dense")
             draw_floors(ax, study)
@@ -73,7 +73,7 @@ def draw_floors(ax: Any, study: Study) -> None:
 
 
 def _curve(ax: Any, by_n: dict[int, dict[str, Row]], cells: Sequence[int], mid: str, what: str, color: Any,
-           marker: str, size: float, yardstick: bool) -> None:
+           marker: str, size: float, yardstick: bool, label: str = "") -> None:
     xs, ys, lo, hi = [], [], [], []
     for n in cells:
         row = by_n[n].get(mid)
@@ -88,7 +88,7 @@ def _curve(ax: Any, by_n: dict[int, dict[str, Row]], cells: Sequence[int], mid: 
     if not xs:
         return
     ax.plot(xs, ys, "--" if yardstick else "-", marker=marker, ms=size, lw=1.1 if yardstick else 1.4, color=color,
-            alpha=0.7 if yardstick else 1.0, label=display(mid))
+            alpha=0.7 if yardstick else 1.0, label=label or display(mid))
     if not yardstick and any(h > low for h, low in zip(hi, lo, strict=True)):
         ax.fill_between(xs, lo, hi, color=color, alpha=0.12, lw=0)
 
@@ -133,5 +133,5 @@ def dropped_figure(study: Study, model: str, granularity: str, n_prune: int, n_b
     matplotlib.use("Agg")
 
     rows = study.rows(model, granularity, n_prune)
-    return dropped_grid_figure([display(r.method) for r in rows], n_blocks, [r.blocks for r in rows],
+    return dropped_grid_figure([study.name(r.method) for r in rows], n_blocks, [r.blocks for r in rows],
                                title=f"{model}: {granularity} blocks dropped at n={n_prune} (reference calibration)")

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from blockprune.study.claims import noise_text, summary_section
+from blockprune.study.heal import heal_rows, heal_section
 from blockprune.study.record import RunRecord, StudyLog, export
 from blockprune.study.sections import (
     budget_section,
@@ -40,7 +42,7 @@ def study_from_runs(spec: StudySpec, runs: Sequence[RunRecord]) -> Study:
     """The spec's view of a set of runs: from the store, or from a report's ``runs.json`` without MLflow."""
     return Study.from_runs(runs, [t for t, _ in spec.evaluation.tasks], list(spec.evaluation.corpora),
                            [m.name for m in spec.models], spec.evaluation.tasks_tag,
-                           spec.evaluation.docs_tag)
+                           spec.evaluation.docs_tag, spec.display_names)
 
 
 def ledger_runs(path: str | Path) -> list[RunRecord]:
@@ -53,8 +55,35 @@ def coverage(study: Study, spec: StudySpec) -> dict[str, int]:
     keys = {s.plan_key for s in study.selections}
     with_tasks = [k for k in keys if k in study.evaluations and study.avg_accuracy(study.evaluations[k]) is not None]
     n_trials = sum(len(spec.trials(m)) for m in spec.models) * len(spec.calibrations())
+    heals = heal_rows(study, spec.heal) if spec.heal is not None else []
     return {"trials": n_trials, "selections": len(study.selections) + len(study.infeasible), "plans": len(keys),
-            "plans_ppl": sum(1 for k in keys if k in study.evaluations), "plans_lm_eval": len(with_tasks)}
+            "plans_ppl": sum(1 for k in keys if k in study.evaluations), "plans_lm_eval": len(with_tasks),
+            "heal_targets": len(heals), "healed": sum(1 for _, r in heals if r is not None)}
+
+
+def see_also_line(spec: StudySpec, out: Path | None) -> list[str]:
+    """The header line naming the spec's other reports, linked relative to this report's folder."""
+    if not spec.see_also:
+        return []
+    base = (out or Path("docs/RESULTS.md")).parent
+    links = []
+    for path in spec.see_also:
+        target = Path(path)
+        try:
+            href = Path(os.path.relpath(target.resolve(), base.resolve())).as_posix()
+        except ValueError:  # another drive: keep the path as written
+            href = target.as_posix()
+        links.append(f"[{target.as_posix()}]({href})")
+    return ["See also: " + ", ".join(links) + ".", ""]
+
+
+def _calibrations_text(spec: StudySpec) -> str:
+    cals = spec.calibrations()
+    ref = f"the *reference* calibration is `{cals[0].corpus}` seed {cals[0].seed}"
+    if spec.pairs:
+        return ", ".join(f"`{c.corpus}` seed {c.seed}" for c in cals) + f" ({len(cals)} calibrations per model; {ref})"
+    return ("each of " + ", ".join(f"`{c}`" for c in spec.corpora) + f", seeds {', '.join(map(str, spec.seeds))} "
+            f"({len(cals)} calibrations per model; {ref})")
 
 
 def _shown(source: str) -> str:
@@ -67,21 +96,26 @@ def _shown(source: str) -> str:
 
 
 def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, rel_dir: str, command: str,
-           n_blocks: dict[str, int]) -> str:
+           n_blocks: dict[str, int], out: Path | None = None) -> str:
+    """The page; ``out`` (the report's path) places the links of the spec's ``see_also`` reports."""
     cov = coverage(study, spec)
     complete = cov["selections"] == cov["trials"] and cov["plans_ppl"] == cov["plans"] and (
-        not study.tasks or spec.evaluation.lm_eval_scope != "all" or cov["plans_lm_eval"] == cov["plans"])
+        not study.tasks or spec.evaluation.lm_eval_scope != "all" or cov["plans_lm_eval"] == cov["plans"]) and (
+        cov["healed"] == cov["heal_targets"])
     tasks = ", ".join(f"{t} ({'full' if lim is None else f'first {lim}' + (' per subject' if t == 'mmlu' else '')})"
                       for t, lim in spec.evaluation.tasks) or "none"
     lines = ["# Results: which blocks to remove, and what it costs" + (" — QUICK GRID" if spec.quick else ""), ""]
     if spec.quick:
+        full = ("`python -m blockprune.jobs.study` (see docs/RESULTS.md)" if not spec.see_also else
+                f"in {spec.see_also[0]}")
         lines += ["> **Quick mode.** A small grid (fewer tokens, block counts, corpora and tasks) that finishes in "
-                  "minutes on a CPU; it checks the pipeline, not the science. The full study is "
-                  "`python -m blockprune.jobs.study` (see docs/RESULTS.md).", ""]
+                  f"minutes on a CPU; it checks the pipeline, not the science. The full study is {full}.", ""]
+    lines += see_also_line(spec, out)
     if not complete:
         lines += [f"> **Partial results.** {cov['selections']} of {cov['trials']} selections, perplexity for "
                   f"{cov['plans_ppl']} and lm-eval for {cov['plans_lm_eval']} of {cov['plans']} distinct plans are "
-                  "done. Run the same command again to resume; finished work is skipped (on another machine, add "
+                  "done" + (f", {cov['healed']} of {cov['heal_targets']} healings" if spec.heal is not None else "")
+                  + ". Run the same command again to resume; finished work is skipped (on another machine, add "
                   f"`--import-runs` with this page's `{rel_dir}/runs.json` once: it recreates these runs in the new "
                   "MLflow store). "
                   "Work runs in this order: "
@@ -96,10 +130,8 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         "parameters, metrics; runs recreated from an earlier export keep the original id in "
         "`study.origin_run_id`).", "",
         "**Setup.** Models: " + ", ".join(f"`{m.name}` ({n_blocks.get(m.name, '?')} layers)" for m in spec.models)
-        + f". Calibration: {spec.n_samples} × {spec.seq_len} tokens of each of "
-        + ", ".join(f"`{c}`" for c in spec.corpora) + f", seeds {', '.join(map(str, spec.seeds))} "
-        f"({len(spec.calibrations())} calibrations per model; the *reference* calibration is `{spec.corpora[0]}` "
-        f"seed {spec.seeds[0]}), {spec.capture.sample_rows} sampled tokens per block boundary for the "
+        + f". Calibration: {spec.n_samples} × {spec.seq_len} tokens of " + _calibrations_text(spec)
+        + f", {spec.capture.sample_rows} sampled tokens per block boundary for the "
         f"estimators. Evaluation: held-out perplexity on {spec.evaluation.windows} × {spec.evaluation.seq_len} "
         "tokens of each corpus's held-out documents (every 10th document, never calibrated on); lm-eval, 0-shot: "
         f"{tasks}" + ("" if spec.evaluation.lm_eval_dtype == "float32" else
@@ -128,6 +160,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
     for m in study.models:
         lines += stability_section(study, m)
     lines += infeasible_section(study)
+    lines += heal_section(study, spec)
     lines += cost_section(study, spec)
     lines += ["## Reproduce", "", "```bash", command, "```", "",
               f"Resumable: stores and scores are reused and finished runs skipped. Runs used: {len(runs)}.", ""]
@@ -143,7 +176,7 @@ def write_report(spec: StudySpec, tracking_uri: str, out: str | Path, command: s
     fig_dir.mkdir(parents=True, exist_ok=True)
     for old in fig_dir.glob("*.png"):
         old.unlink()
-    text = render(study, spec, runs, fig_dir, rel_dir, command, n_blocks)
+    text = render(study, spec, runs, fig_dir, rel_dir, command, n_blocks, out)
     (fig_dir / "runs.json").write_text(json.dumps({"tracking_uri_kind": tracking_uri.split(":")[0],
                                                    "experiment": spec.experiment, "study": spec.name,
                                                    "fingerprint": spec.fingerprint, "runs": export(runs)},

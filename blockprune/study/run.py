@@ -8,7 +8,8 @@ Order (``STAGES``), so that a partial run is already useful: the reference calib
 first seed) of every model and the perplexity of its plans and the dense model; then the other
 calibrations' selections (plan stability); then the answer baselines of the lm-eval documents (chance
 and best constant answer, no model); then lm-eval of the reference plans; then the perplexity of the
-other calibrations' plans; then lm-eval of those (when the spec's ``lm_eval_scope`` is ``all``).
+other calibrations' plans; then lm-eval of those (when the spec's ``lm_eval_scope`` is ``all``); last, when the spec has a ``heal:``
+section, LoRA healing of each method family's best reference plan (:mod:`blockprune.study.heal`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from blockprune.models.zoo import load_model, load_tokenizer, resolve_model
 from blockprune.pipeline.config import EvalSettings, JobConfig
 from blockprune.selection.plan import PrunePlan
 from blockprune.selection.topk import TooFewBlocksError
+from blockprune.study.heal import heal_study
 from blockprune.study.record import (
     DENSE,
     ImportCounts,
@@ -46,6 +48,7 @@ from blockprune.study.record import (
     plan_key,
     trial_key,
 )
+from blockprune.study.report import study_from_runs
 from blockprune.study.spec import ModelGrid, StudySpec, validate
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,7 @@ class Progress:
     selections: int = 0
     evaluations: int = 0
     lm_evals: int = 0
+    heals: int = 0
     stopped_early: bool = False
 
 
@@ -331,14 +335,14 @@ def import_study_runs(spec: StudySpec, tracking_uri: str, path: Any) -> ImportCo
     return import_runs(slog, ledger, str(path))
 
 
-STAGES = ("select-reference", "ppl-reference", "select", "baselines", "tasks-reference", "ppl", "tasks")
+STAGES = ("select-reference", "ppl-reference", "select", "baselines", "tasks-reference", "ppl", "tasks", "heal")
 
 
 def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None = None,
               echo: Echo = print) -> tuple[Progress, list[RunRecord]]:
     """Validate, select, evaluate; returns progress and every finished run of this study."""
 
-    validate(spec)  # before any model loads
+    depth = validate(spec)  # before any model loads
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
     state, deadline = Progress(), Deadline(None if max_minutes is None else max_minutes * 60)
     models: dict[str, Any] = {}
@@ -349,12 +353,16 @@ def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None =
             select_all(spec, slog, state, deadline, echo, models, reference=step == "select-reference")
         elif step == "baselines":
             log_baselines(spec, slog, echo)
+        elif step == "heal":
+            study = study_from_runs(spec, slog.runs())
+            state.heals, state.stopped_early = heal_study(spec, slog, study, depth, deadline=deadline.passed,
+                                                          echo=echo, release=models.clear)
         else:
             evaluate_all(spec, slog, state, deadline, echo, models, stage=step)
         if state.stopped_early:
             break
     echo(f"[study] {state.selections} selections, {state.evaluations} perplexity and {state.lm_evals} lm-eval "
-         f"evaluations this run" + (" (stopped at the time budget; run again to resume)" if state.stopped_early
+         f"evaluations" + (f", {state.heals} healings" if spec.heal else "") + " this run" + (" (stopped at the time budget; run again to resume)" if state.stopped_early
                                     else ""))
     return state, slog.runs()
 

@@ -14,7 +14,7 @@ from blockprune.study.figures import FLOORS, curve_figure, dropped_figure, save_
 from blockprune.study.markdown import block_list, fmt, short, table
 from blockprune.study.record import method_id, plan_key
 from blockprune.study.spec import StudySpec
-from blockprune.study.tables import Row, Study, display, geomean
+from blockprune.study.tables import Row, Study, _estimator_label, geomean
 
 
 def headline(study: Study, granularity: str = "layer") -> list[str]:
@@ -27,7 +27,7 @@ def headline(study: Study, granularity: str = "layer") -> list[str]:
     best = {c: min((r.ppl_ratio for r in grid[c].values() if r.ppl_ratio is not None), default=None) for c in cols}
     rows = []
     for mid in methods:
-        cells = [display(mid)]
+        cells = [study.name(mid)]
         for c in cols:
             r = grid[c].get(mid)
             v = None if r is None else r.ppl_ratio
@@ -57,7 +57,7 @@ def budget_section(study: Study) -> list[str]:
                 continue
             r, gran, kept = pick
             acc = "" if r.avg_acc is None else f", avg acc {fmt(r.avg_acc, 3)}"
-            cells.append(f"{len(r.blocks)} {gran}s by {display(r.method)}: ppl× {fmt(r.ppl_ratio)}, "
+            cells.append(f"{len(r.blocks)} {gran}s by {study.name(r.method)}: ppl× {fmt(r.ppl_ratio)}, "
                          f"{100 * kept:.1f}% of the parameters{acc} (`{short(r.evaluation_run)}`)")
         rows.append(cells)
     if not models or all(c == NO_PLAN for row in rows for c in row[1:]):
@@ -146,7 +146,7 @@ def _spread(values: list[float], n_plans: int, centre: Callable[[list[float]], f
 
 
 def _row_cells(study: Study, r: Row, with_tasks: bool) -> list[str]:
-    cells = [display(r.method), block_list(r.blocks)] + [fmt(r.ppl.get(c)) for c in study.corpora]
+    cells = [study.name(r.method), block_list(r.blocks)] + [fmt(r.ppl.get(c)) for c in study.corpora]
     cells += [fmt(r.ppl_ratio), _spread(r.ppl_ratio_all, r.n_calibrations, geomean)]
     if with_tasks:
         cells += [fmt(r.avg_acc, 3), fmt(r.rel, 1),
@@ -165,7 +165,7 @@ def stability_section(study: Study, model: str) -> list[str]:
         hdr = ["method"] + [f"n={n}: all / seeds / corpora" for n in cells_n]
         rows = []
         for mid in methods:
-            row = [display(mid)]
+            row = [study.name(mid)]
             for n in cells_n:
                 s = study.stability_split(model, gran, mid, n)
                 row.append(" / ".join(fmt(s[k]) for k in ("all", "seeds", "corpora")))
@@ -182,7 +182,7 @@ def infeasible_section(study: Study) -> list[str]:
     lines = ["## Selections a method could not make", "",
              "Recorded, not failed: the method's own rule leaves fewer droppable blocks than asked for.", ""]
     rows = [[r.tags.get("model", ""), f"{r.tags.get('corpus')} seed {r.tags.get('seed')}",
-             display(r.tags.get("label") or method_id(r.tags.get("method", ""), r.tags.get("estimator"))),
+             study.name(r.tags.get("label") or method_id(r.tags.get("method", ""), r.tags.get("estimator"))),
              r.tags.get("granularity", ""),
              r.tags.get("n_prune", ""), r.tags.get("infeasible", "(reason not in this export)"), f"`{short(r.run_id)}`"] for r in study.infeasible]
     return lines + table(["model", "calibration", "method", "granularity", "n_prune", "why", "run"], rows) + [""]
@@ -204,19 +204,22 @@ def cost_section(study: Study, spec: StudySpec) -> list[str]:
     lines += table(hdr, rows) + [""]
     lines += ["Exact MI scores computed per selection (mean over calibrations): Fast-Block-Select against brute "
               "force, the number MI-PRUN's Fast-Block-Select exists to cut.", ""]
-    hdr = ["model", "n_prune", "greedy", "FBS", "brute force", "FBS = brute?"]
+    ests = study.mi_estimators() or ["mi.ksg"]
+    multi = len(ests) > 1  # one estimator (the small models' study): no estimator column
+    hdr = ["model", "n_prune"] + (["estimator"] if multi else []) + ["greedy", "FBS", "brute force", "FBS = brute?"]
     rows = []
     for m in study.models:
         for n in study.cells(m, "layer"):
-            ex = study.exact_scores(m, n)
-            if not ex:
-                continue
-            fbs = study.plans(m, "layer", "mi_fbs/mi.ksg", n)
-            brute = {(s.corpus, s.seed): s.blocks for s in study.plans(m, "layer", "mi_brute/mi.ksg", n)}
-            same = sum(1 for s in fbs if brute.get((s.corpus, s.seed)) == s.blocks)
-            rows.append([m, str(n)] + [fmt(ex.get(k), 1) for k in ("mi_greedy/mi.ksg", "mi_fbs/mi.ksg",
-                                                                    "mi_brute/mi.ksg")]
-                        + [f"{same}/{len(fbs)}" if fbs else "–"])
+            for est in ests:
+                ex = study.exact_scores(m, n, est)
+                if not ex:
+                    continue
+                mids = [f"{method}/{est}" for method in ("mi_greedy", "mi_fbs", "mi_brute")]
+                fbs = study.plans(m, "layer", mids[1], n)
+                brute = {(s.corpus, s.seed): s.blocks for s in study.plans(m, "layer", mids[2], n)}
+                same = sum(1 for s in fbs if brute.get((s.corpus, s.seed)) == s.blocks)
+                rows.append([m, str(n)] + ([_estimator_label(est)] if multi else [])
+                            + [fmt(ex.get(k), 1) for k in mids] + [f"{same}/{len(fbs)}" if fbs else "–"])
     lines += table(hdr, rows) + [""]
     lines += time_lines(study, spec)
     return lines

@@ -19,6 +19,7 @@ from blockprune.calibration.corpora import load_corpus
 from blockprune.calibration.settings import CaptureSettings, key_settings
 from blockprune.errors import BadInputError
 from blockprune.evaluation.lm_eval_tasks import resolve_task_names
+from blockprune.healing.config import HealConfig
 from blockprune.models.adapters import adapter_for_config
 from blockprune.models.zoo import resolve_model
 from blockprune.pipeline.config import TrialSpec, check_keys
@@ -27,12 +28,13 @@ from blockprune.selection.plan import CalibrationSettings
 from blockprune.study.record import method_id
 
 SPEC_KEYS = {"name", "quick", "models", "calibration", "capture", "methods", "evaluation", "tracking", "dtype",
-             "store_root"}
+             "store_root", "heal", "report", "see_also"}
 MODEL_KEYS = {"layer", "attention", "capture"}
-CAL_KEYS = {"corpora", "seeds", "n_samples", "seq_len"}
+CAL_KEYS = {"corpora", "seeds", "pairs", "n_samples", "seq_len"}
 EVAL_KEYS = {"corpora", "windows", "seq_len", "batch_size", "tasks", "lm_eval_scope", "lm_eval_dtype"}
 SCOPES = ("all", "reference")
 LM_EVAL_DTYPES = ("float32", "bfloat16", "float16")
+HEAL_STUDY_KEYS = {"n_prune", "granularity", "keep_merged"}  # the study's own keys of ``heal:``; the rest is HealConfig's
 
 
 class StudySpecError(BadInputError):
@@ -46,22 +48,27 @@ def _default_estimator(method: str) -> str | None:
 
 @dataclass(frozen=True)
 class MethodRef:
-    """``method``, ``method/estimator``, or ``{method: …, estimator: …, params: {…}, stage_rule: …}`` as written
-    in the spec (``stage_rule``: EntroDrop's, "fixed" by default)."""
+    """``method``, ``method/estimator``, or ``{method: …, estimator: …, params: {…}, stage_rule: …, display: …}``
+    as written in the spec (``stage_rule``: EntroDrop's, "fixed" by default; ``display``: how the report names
+    the row, where the labels the specs give would not tell two variants apart)."""
 
     method: str
     estimator: str | None
     params: tuple[tuple[str, Any], ...] = ()
     stage_rule: str | None = None
+    display: str | None = None
 
     @classmethod
     def parse(cls, item: Any) -> MethodRef:
         if isinstance(item, dict):
-            item = _keys(item, {"method", "estimator", "params", "stage_rule"}, f"method {item}")
+            item = _keys(item, {"method", "estimator", "params", "stage_rule", "display"}, f"method {item}")
             params = _keys(item.get("params") or {}, set(item.get("params") or {}), "params")
             method = str(item.get("method", ""))
+            display = item.get("display")
+            if display is not None and (not isinstance(display, str) or not display.strip()):
+                raise StudySpecError(f"method {item}: display must be a non-empty string, got {display!r}")
             return cls(method, item.get("estimator") or _default_estimator(method), tuple(sorted(params.items())),
-                       item.get("stage_rule"))
+                       item.get("stage_rule"), display)
         method, _, est = str(item).partition("/")
         return cls(method, est or _default_estimator(method))
 
@@ -100,6 +107,18 @@ class StudyEval:
 
 
 @dataclass(frozen=True)
+class StudyHeal:
+    """The spec's ``heal:`` section: after evaluation, LoRA-heal the best reference plan (lowest ppl×) of each
+    method family at each of ``n_prune`` blocks of ``granularity`` with ``config``. ``keep_merged``: keep the
+    merged healed weights (GBs per plan) rather than only the adapter and ``heal.json``."""
+
+    config: HealConfig
+    n_prune: tuple[int, ...]
+    granularity: str = "layer"
+    keep_merged: bool = False
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     models: tuple[ModelGrid, ...]
@@ -115,6 +134,10 @@ class StudySpec:
     quick: bool = False
     dtype: str = "float32"
     store_root: str | None = None  # default: $BLOCKPRUNE_CACHE/stores, shared with `blockprune calibrate`
+    pairs: tuple[tuple[str, int], ...] = ()  # explicit (corpus, seed) calibrations instead of corpora × seeds
+    heal: StudyHeal | None = None  # not in the fingerprint: each heal run's key names its settings
+    report: str | None = None  # the report's default path (None: docs/RESULTS.md or RESULTS-quick.md)
+    see_also: tuple[str, ...] = ()  # other reports (paths from the checkout) the report's header links
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -130,12 +153,18 @@ class StudySpec:
                               "dtype": self.dtype}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
+    @property
+    def display_names(self) -> dict[str, str]:
+        """Method id → the name the spec gives its row (only the entries that set ``display``)."""
+        return {m.label: m.display for m in self.layer_methods + self.attention_methods if m.display}
+
     def capture_for(self, model: ModelGrid) -> CaptureSettings:
         return replace(self.capture, **dict(model.capture)) if model.capture else self.capture
 
     def calibrations(self) -> list[CalibrationSettings]:
-        """Reference calibration first: the first corpus with the first seed."""
-        return [CalibrationSettings(c, self.n_samples, self.seq_len, s) for s in self.seeds for c in self.corpora]
+        """Reference calibration first: the first corpus with the first seed (or the first of ``pairs``)."""
+        pairs = self.pairs or tuple((c, s) for s in self.seeds for c in self.corpora)
+        return [CalibrationSettings(c, self.n_samples, self.seq_len, s) for c, s in pairs]
 
     def trials(self, model: ModelGrid) -> list[TrialSpec]:
         out = []
@@ -173,6 +202,56 @@ def _tasks(v: Any) -> tuple[tuple[str, int | None], ...]:
     return tuple(out)
 
 
+def _heal(v: Any, evaluation: StudyEval) -> StudyHeal | None:
+    """``heal:``: the study's keys (which plans) and HealConfig's short keys (how); held-out evaluation defaults
+    to the study's corpora and window count, so before/after are measured on the windows the report uses."""
+    if v is None:
+        return None
+    v = dict(_keys(v, HEAL_STUDY_KEYS | HealConfig.SPEC_KEYS, "heal"))
+    n_prune = _ints(v.pop("n_prune", []), "heal.n_prune")
+    if not n_prune:
+        raise StudySpecError("heal.n_prune lists no block counts: which plans to heal (e.g. [6, 8])")
+    granularity = str(v.pop("granularity", "layer"))
+    if granularity not in ("layer", "attention"):
+        raise StudySpecError(f"heal.granularity must be layer or attention, got {granularity!r}")
+    keep = v.pop("keep_merged", False)
+    if not isinstance(keep, bool):
+        raise StudySpecError(f"heal.keep_merged must be true or false, got {keep!r}")
+    v.setdefault("eval_corpora", list(evaluation.corpora))
+    v.setdefault("eval_windows", evaluation.windows)
+    try:
+        config = HealConfig.from_spec(v)
+    except (TypeError, ValueError) as e:
+        raise StudySpecError(f"heal: {e}") from None
+    return StudyHeal(config, n_prune, granularity, keep)
+
+
+def _pairs(cal: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    """``calibration.pairs: [[wikipedia, 0], [wikipedia, 1], [lambada, 0]]``: the calibrations to run when not
+    every corpus needs every seed (the first pair is the reference); excludes ``corpora`` and ``seeds``."""
+    if "pairs" not in cal:
+        return ()
+    if "corpora" in cal or "seeds" in cal:
+        raise StudySpecError("calibration: give either pairs or corpora and seeds, not both")
+    raw = cal["pairs"]
+    ok = isinstance(raw, list) and raw and all(
+        isinstance(p, list | tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], int)
+        and not isinstance(p[1], bool) for p in raw)
+    if not ok:
+        raise StudySpecError(f"calibration.pairs must be a list of [corpus, seed] pairs, got {raw!r}")
+    pairs = tuple((str(c), int(s)) for c, s in raw)
+    if len(set(pairs)) != len(pairs):
+        raise StudySpecError(f"calibration.pairs lists a calibration twice: {raw!r}")
+    return pairs
+
+
+def _paths(v: Any, where: str) -> tuple[str, ...]:
+    vals = [] if v is None else v if isinstance(v, list) else [v]
+    if not all(isinstance(x, str) and x for x in vals):
+        raise StudySpecError(f"{where} must be a path or a list of paths, got {v!r}")
+    return tuple(vals)
+
+
 def parse_spec(d: dict[str, Any], source: str = "") -> StudySpec:
     """Structure and types only; :func:`validate` checks names against the registries and models."""
     d = _keys(d, SPEC_KEYS, "the study spec")
@@ -189,8 +268,9 @@ def parse_spec(d: dict[str, Any], source: str = "") -> StudySpec:
                                 _ints(grid.get("attention", []), f"models.{name}.attention"),
                                 tuple(sorted(cap.items()))))
     cal = _keys(d.get("calibration") or {}, CAL_KEYS, "calibration")
-    corpora = tuple(str(c) for c in (cal.get("corpora") or ["wikipedia"]))
-    seeds = _ints(cal.get("seeds", [0]), "calibration.seeds")
+    pairs = _pairs(cal)
+    corpora = tuple(dict.fromkeys(c for c, _ in pairs)) or tuple(str(c) for c in (cal.get("corpora") or ["wikipedia"]))
+    seeds = tuple(dict.fromkeys(s for _, s in pairs)) or _ints(cal.get("seeds", [0]), "calibration.seeds")
     try:
         capture = CaptureSettings(**(d.get("capture") or {}))
     except (TypeError, ValueError) as e:
@@ -212,11 +292,13 @@ def parse_spec(d: dict[str, Any], source: str = "") -> StudySpec:
     tracking = _keys(d.get("tracking") or {}, {"experiment"}, "tracking")
     try:
         spec = StudySpec(
-            name=str(d.get("name", "study")), models=tuple(models), corpora=corpora, seeds=seeds,
+            name=str(d.get("name", "study")), models=tuple(models), corpora=corpora, seeds=seeds, pairs=pairs,
             n_samples=int(cal.get("n_samples", 128)), seq_len=int(cal.get("seq_len", 256)), capture=capture,
             layer_methods=layer_m, attention_methods=attn_m, evaluation=evaluation,
             experiment=str(tracking.get("experiment", "blockprune-study")), quick=bool(d.get("quick", False)),
-            dtype=str(d.get("dtype", "float32")), store_root=d.get("store_root"), source=source, raw=d,
+            dtype=str(d.get("dtype", "float32")), store_root=d.get("store_root"), heal=_heal(d.get("heal"), evaluation),
+            report=(_paths(d.get("report"), "report") or (None,))[0], see_also=_paths(d.get("see_also"), "see_also"),
+            source=source, raw=d,
         )
     except (TypeError, ValueError) as e:
         raise StudySpecError(str(e)) from None
@@ -255,9 +337,46 @@ def validate(spec: StudySpec) -> dict[str, int]:
         depth[m.name] = n_layers
     if not any(spec.trials(m) for m in spec.models):
         raise StudySpecError("the study spec has no trials: list methods.layer and/or methods.attention")
+    _check_rows(spec)
+    if spec.heal is not None:
+        _check_heal(spec)
     return depth
 
 
-def default_spec_path(quick: bool) -> Path:
-    here = Path(__file__).resolve().parent.parent / "jobs" / "configs"
-    return here / ("study-quick.yaml" if quick else "study.yaml")
+def _check_rows(spec: StudySpec) -> None:
+    """Two entries the report would show as one row (same method id, e.g. one estimator under two stage rules)
+    are refused: their plans would be mixed in every table. A ``display`` name must name one row only."""
+    for where, refs in (("methods.layer", spec.layer_methods), ("methods.attention", spec.attention_methods)):
+        seen: dict[str, MethodRef] = {}
+        for m in refs:
+            if m.label in seen:
+                raise StudySpecError(f"{where} lists {m.label} twice ({seen[m.label]} and {m}): the report could not "
+                                     "tell their rows apart")
+            seen[m.label] = m
+    names: dict[str, str] = {}
+    for m in spec.layer_methods + spec.attention_methods:
+        if m.display and names.setdefault(m.display, m.label) != m.label:
+            raise StudySpecError(f"display name {m.display!r} is given to {names[m.display]} and {m.label}")
+
+
+def _check_heal(spec: StudySpec) -> None:
+    """Healing needs plans of the block counts it names, and training tokens for its budget: checked now,
+    not after hours of selection and evaluation."""
+    from blockprune.healing.run import precheck_heal
+
+    assert spec.heal is not None
+    for m in spec.models:
+        counts = m.layer if spec.heal.granularity == "layer" else m.attention
+        missing = sorted(set(spec.heal.n_prune) - set(counts))
+        if missing:
+            raise StudySpecError(f"heal.n_prune {missing}: models.{m.name} has no {spec.heal.granularity} plans of "
+                                 f"that many blocks ({spec.heal.granularity}: {list(counts)})")
+        precheck_heal(m.name, spec.heal.config)
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "jobs" / "configs"
+
+
+def default_spec_path(quick: bool, qwen: bool = False) -> Path:
+    """The project's specs: study(-quick).yaml on the bundled small models, study-qwen(-quick).yaml on Qwen."""
+    return CONFIGS / f"study{'-qwen' if qwen else ''}{'-quick' if quick else ''}.yaml"

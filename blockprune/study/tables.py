@@ -123,17 +123,26 @@ class Study:
     models: list[str] = field(default_factory=list)
     infeasible: list[RunRecord] = field(default_factory=list)  # selections a method could not make
     baseline: Evaluation | None = None  # chance / best constant answer on the lm-eval documents
+    names: dict[str, str] = field(default_factory=dict)  # method id → the spec's display name for its row
+    heals: list[RunRecord] = field(default_factory=list)  # finished healing runs (kind "heal")
+
+    def name(self, mid: str) -> str:
+        """How the report names a method id: the spec's ``display`` name where it gives one, else :func:`display`."""
+        return self.names.get(mid) or display(mid)
 
     @classmethod
     def from_runs(cls, runs: Sequence[RunRecord], tasks: Sequence[str], corpora: Sequence[str],
-                  models: Sequence[str], tasks_tag: str | None = None, docs_tag: str | None = None) -> Study:
+                  models: Sequence[str], tasks_tag: str | None = None, docs_tag: str | None = None,
+                  names: dict[str, str] | None = None) -> Study:
         """``tasks_tag``: use a run's lm-eval metrics only when its ``tasks_done`` tag is this one (results of
         other limits or another lm-eval dtype are not mixed in; the study redoes them). ``docs_tag``: use only
-        the answer baselines of these documents (the tasks and limits, whatever the dtype)."""
+        the answer baselines of these documents (the tasks and limits, whatever the dtype). ``names``: the
+        spec's display names of method ids."""
         sels: list[Selection] = []
         evals: dict[str, Evaluation] = {}
         cals: dict[str, RunRecord] = {}
         infeasible: list[RunRecord] = []
+        heals: dict[str, RunRecord] = {}
         baseline: Evaluation | None = None
         docs_key = None if docs_tag is None else baseline_key(docs_tag)
         for r in sorted(runs, key=lambda r: r.metrics.get("logged_at", 0.0)):
@@ -154,8 +163,10 @@ class Study:
                 cals[r.key] = r  # a calibration resumed with new trials has one run per session; same store
             elif r.kind == "baseline" and docs_key in (None, r.key):
                 baseline = Evaluation(r.run_id, r.key, dict(r.metrics))
+            elif r.kind == "heal":
+                heals[r.key] = r  # the newest run of a key wins, as everywhere
         return cls(sels, evals, list(cals.values()), list(tasks), list(corpora), list(models), infeasible,
-                   baseline)
+                   baseline, dict(names or {}), list(heals.values()))
 
     # ------------------------------------------------------------------------------------------- dense
     def dense(self, model: str) -> Evaluation | None:
@@ -291,10 +302,18 @@ class Study:
 
         return {"all": mean(pairs), "seeds": mean(seed_pairs), "corpora": mean(corpus_pairs)}
 
-    def exact_scores(self, model: str, n_prune: int) -> dict[str, float]:
-        """Mean exact MI scores per MI-PRUN method (over calibrations) at one n_prune."""
+    def mi_estimators(self, model: str | None = None) -> list[str]:
+        """The MI estimators the study ran MI-PRUN with at their default parameters, in order of first use:
+        one row each in the cost section's count of exact MI scores."""
+        ests = (s.method.partition("/")[2] for s in self.selections if (model is None or s.model == model)
+                and s.granularity == "layer" and "[" not in s.method and family(s.method) == "mi")
+        return [e for e in dict.fromkeys(ests) if e]
+
+    def exact_scores(self, model: str, n_prune: int, estimator: str = "mi.ksg") -> dict[str, float]:
+        """Mean exact MI scores per MI-PRUN method with ``estimator`` (over calibrations) at one n_prune."""
         out = {}
-        for mid in ("mi_greedy/mi.ksg", "mi_fbs/mi.ksg", "mi_brute/mi.ksg"):  # the default KSG pipeline
+        for method in ("mi_greedy", "mi_fbs", "mi_brute"):
+            mid = f"{method}/{estimator}"
             vals = [s.exact_scores for s in self.plans(model, "layer", mid, n_prune)]
             if vals:
                 out[mid] = sum(vals) / len(vals)

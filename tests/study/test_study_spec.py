@@ -78,3 +78,71 @@ def test_parse_errors(over: dict[str, Any], match: str) -> None:
 def test_validate_errors_before_any_model_work(over: dict[str, Any], match: str) -> None:
     with pytest.raises((ValueError, KeyError, OSError), match=match):
         validate(parse_spec(_spec(**over)))
+
+
+def test_qwen_specs_reference_modes_variants_and_healing() -> None:
+    full, quick = load_spec(default_spec_path(False, qwen=True)), load_spec(default_spec_path(True, qwen=True))
+    assert not full.quick and quick.quick and full.experiment != quick.experiment
+    assert [m.name for m in full.models] == ["qwen2.5-coder-1.5b"]
+    assert (full.models[0].layer, full.models[0].attention) == ((2, 4, 6, 8), (4, 8, 12))
+    assert [(c.corpus, c.seed) for c in full.calibrations()] == [("wikipedia", 0), ("wikipedia", 1), ("lambada", 0)]
+    layer = [m.label for m in full.layer_methods]
+    # the references are the methods' defaults; the pooled / multivariate readings are named variants
+    assert {"entrodrop/entropy.knn_window", "entrodrop/entropy.knn", "mi_fbs/mi.perdim", "mi_fbs/mi.ksg",
+            "mi_brute/mi.perdim", "mi_greedy/mi.ksg", "sequential", "reverse"} <= set(layer)
+    assert full.display_names["entrodrop/entropy.knn"] == "EntroDrop · KNN pooled (curve)"
+    assert next(m for m in full.layer_methods if m.label == "entrodrop/entropy.knn").stage_rule == "curve"
+    tasks = dict(full.evaluation.tasks)
+    # the average accuracy's standard error at p = 0.5 (mmlu's limit is per subject: 57 subjects)
+    n = [lim * (57 if t == "mmlu" else 1) for t, lim in tasks.items()]
+    assert (sum(0.25 / k for k in n)) ** 0.5 / len(n) <= 0.02
+    assert full.evaluation.lm_eval_scope == "reference"
+    assert full.heal is not None and full.heal.n_prune == (6, 8) and full.heal.granularity == "layer"
+    assert full.report == "docs/RESULTS-qwen.md" and "docs/RESULTS.md" in full.see_also
+    assert quick.report == "docs/RESULTS-qwen-quick.md" and quick.see_also[0] == "docs/RESULTS-qwen.md"
+    assert load_spec(default_spec_path(False)).see_also == () and load_spec(default_spec_path(False)).report is None
+
+
+@pytest.mark.slow
+def test_qwen_specs_validate() -> None:
+    """Loads the Qwen configs and tokenizers (converts the bundled models on a fresh machine: minutes)."""
+    assert validate(load_spec(default_spec_path(True, qwen=True))) == {"qwen2.5-coder-0.5b": 24}
+    assert validate(load_spec(default_spec_path(False, qwen=True))) == {"qwen2.5-coder-1.5b": 28}
+
+
+@pytest.mark.parametrize(("over", "match"), [
+    ({"calibration": {"pairs": [["wikipedia", 0]], "seeds": [0]}}, "either pairs"),
+    ({"calibration": {"pairs": [["wikipedia", "0"]]}}, r"\[corpus, seed\] pairs"),
+    ({"calibration": {"pairs": [["wikipedia", 0], ["wikipedia", 0]]}}, "twice"),
+    ({"methods": {"layer": [{"method": "shortgpt", "display": ""}]}}, "non-empty"),
+    ({"see_also": [3]}, "list of paths"),
+])
+def test_parse_errors_of_the_report_keys(over: dict[str, Any], match: str) -> None:
+    with pytest.raises(StudySpecError, match=match):
+        parse_spec(_spec(**over))
+
+
+@pytest.mark.parametrize(("methods", "match"), [
+    ([{"method": "entrodrop", "estimator": "entropy.knn", "stage_rule": "curve"},
+      {"method": "entrodrop", "estimator": "entropy.knn", "stage_rule": "fixed"}], "twice"),
+    ([{"method": "shortgpt", "display": "X"}, {"method": "angular", "display": "X"}], "given to shortgpt and angular"),
+])
+def test_rows_the_report_could_not_tell_apart_are_refused(methods: list[Any], match: str) -> None:
+    with pytest.raises(StudySpecError, match=match):
+        validate(parse_spec(_spec(methods={"layer": methods})))
+
+
+def test_heal_block_counts_must_be_in_the_grid() -> None:
+    with pytest.raises(StudySpecError, match=r"heal.n_prune \[4\]"):
+        validate(parse_spec(_spec(heal={"n_prune": [4]})))
+
+
+def test_cli_qwen_selects_the_spec_and_its_report(capsys: pytest.CaptureFixture) -> None:
+    from blockprune.jobs.study import default_out, main
+
+    assert main(["--qwen", "--spec", "x.yaml"]) == 2
+    assert "either --qwen or --spec" in capsys.readouterr().err
+    assert str(default_out(load_spec(default_spec_path(False, qwen=True)))) == "docs/RESULTS-qwen.md"
+    assert str(default_out(load_spec(default_spec_path(True, qwen=True)))) == "docs/RESULTS-qwen-quick.md"
+    assert str(default_out(load_spec(default_spec_path(True)))) == "docs/RESULTS-quick.md"
+    assert str(default_out(load_spec(default_spec_path(False)))) == "docs/RESULTS.md"

@@ -410,3 +410,44 @@ def test_report_names_and_families_come_from_the_method_specs() -> None:
     # EntroDrop's spec shows its estimator even when it is the default: the report compares them
     assert display("entrodrop/entropy.bucket") == "EntroDrop · bucket" and family("entrodrop/entropy.knn") == "entrodrop"
     assert display("shortgpt") == "ShortGPT (BI)" and family("shortgpt") == "base"
+
+
+def test_spec_names_variants_and_links_other_reports(study: Study, tmp_path: Path) -> None:
+    """A spec's display names replace the registry's labels; ``see_also`` adds a header line linking the other
+    reports (relative to the report); a spec without either renders as before (no line, registry labels)."""
+    d = {"name": "t", "models": {MODEL: {"layer": [2]}},
+         "calibration": {"pairs": [["a", 0], ["b", 0], ["a", 1]], "n_samples": 8, "seq_len": 64},
+         "methods": {"layer": ["shortgpt", {"method": "entrodrop", "estimator": "entropy.knn", "stage_rule": "curve",
+                                            "display": "EntroDrop · KNN pooled (curve)"}, "mi_fbs/mi.ksg",
+                               "mi_brute/mi.ksg"]},
+         "evaluation": {"tasks": {"piqa": 5, "boolq": 5}}}
+    plain = render(study, parse_spec(d | {"methods": {"layer": ["shortgpt", "entrodrop/entropy.knn"]}}), [], tmp_path,
+                   "figs", "cmd", {MODEL: 8}, tmp_path / "docs" / "RESULTS-x.md")
+    assert "See also" not in plain and "| EntroDrop · KNN | 1 2 |" in plain
+    spec = parse_spec(d | {"see_also": ["docs/RESULTS.md"], "quick": True})
+    named = Study.from_runs(_runs(study), TASKS, CORPORA, [MODEL], names=spec.display_names)
+    page = render(named, spec, [], tmp_path, "figs", "cmd", {MODEL: 8}, Path("docs") / "RESULTS-x.md")
+    assert "See also: [docs/RESULTS.md](RESULTS.md)." in page
+    assert "The full study is in docs/RESULTS.md." in page
+    assert "| EntroDrop · KNN pooled (curve) | 1 2 |" in page and "EntroDrop · KNN |" not in page
+    assert "lowest perplexity: EntroDrop · KNN pooled (curve) (ppl× 1.50)" in page
+    assert "tokens of `a` seed 0, `b` seed 0, `a` seed 1 (3 calibrations per model; the *reference* calibration " \
+           "is `a` seed 0)" in page
+    assert "> **Partial results.** 8 of 12 selections" in page
+
+
+def test_exact_scores_per_mi_estimator_when_there_are_two(study: Study, tmp_path: Path) -> None:
+    from blockprune.study.sections import cost_section
+
+    spec = parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}}, "methods": {"layer": ["shortgpt"]}})
+    one = "\n".join(cost_section(study, spec))
+    assert "| model | n_prune | greedy | FBS | brute force | FBS = brute? |" in one
+    assert "| m | 2 | – | 11.0 | 17.0 | 1/1 |" in one
+    from dataclasses import replace
+
+    perdim = Study.from_runs([_sel(20, "a", 0, "mi_fbs", "mi.perdim", 2, (5, 6), exact=7),
+                              _sel(21, "a", 0, "mi_brute", "mi.perdim", 2, (5, 6), exact=9)], TASKS, CORPORA, [MODEL])
+    two = "\n".join(cost_section(replace(study, selections=study.selections + perdim.selections), spec))
+    assert "| model | n_prune | estimator | greedy | FBS | brute force | FBS = brute? |" in two
+    assert "| m | 2 | KSG | – | 11.0 | 17.0 | 1/1 |" in two
+    assert "| m | 2 | per-coordinate KSG | – | 7.0 | 9.0 | 1/1 |" in two
