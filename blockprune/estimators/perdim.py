@@ -20,10 +20,17 @@ thread count. scikit-learn draws its noise from one global stream, so on data wi
 the two agree in distribution, not bit for bit; on continuous data the noise moves no count and they agree
 to rounding.
 
-Speed: per coordinate one exact 2-D k-nearest-neighbour query (scipy's k-d tree in the max-norm, which
-releases the GIL, so chunks of coordinates run on a thread pool) instead of scikit-learn's three trees; the
-marginal counts come from the sorted column (binary search plus an exact check of the few values within
-rounding of the boundary) and ψ of the integer counts from one table. See benchmarks/bench_mi_perdim.py.
+Speed, and why it stays exact: the k-th neighbour radius of every point comes from
+``_chebyshev2d.kth_chebyshev_sorted``, which answers a chunk of coordinates with whole-array numpy operations
+(x-strips, y-sorted pairs of strips, fixed windows of neighbours) and certifies each radius: a radius is
+accepted only where the float distance bounds show that no point outside the windows can be closer; the
+rest (about one point in ten) get an exact range query. Distances are the same float64 max(|dx|, |dy|) a k-d tree or
+scikit-learn computes, so the radii are bit-identical (tests/estimators/test_chebyshev2d.py checks them
+against scipy's k-d tree, ties and tiny sets included). The marginal counts come from the sorted columns
+(binary search plus an exact walk past values within rounding of the boundary, all columns of a chunk at
+once) and ψ of the integer counts from one table. Chunks run on a thread pool (numpy releases the GIL in
+its array loops); the noise streams are per column, so the thread count and chunking never change a value.
+See benchmarks/bench_mi_perdim.py.
 """
 
 from __future__ import annotations
@@ -32,14 +39,14 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
-from scipy.spatial import cKDTree
 from scipy.special import digamma
 
+from ._chebyshev2d import kth_chebyshev_sorted, sort_by_x
 from ._registry import register
 from ._threads import default_threads
 from ._validate import as_pair, check_k
 
-_CHUNK = 16  # coordinates per task: enough to amortise the task, small enough to balance the threads
+_CHUNK = 8  # coordinates per task: enough to amortise numpy's per-call cost, small enough to stay in cache
 
 
 def scale_like_sklearn(a: np.ndarray, noise: float, seed: int, first_col: int, stream: int) -> np.ndarray:
@@ -56,35 +63,28 @@ def scale_like_sklearn(a: np.ndarray, noise: float, seed: int, first_col: int, s
     return np.ascontiguousarray(z)
 
 
-def kth_chebyshev(x: np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
-    """(c, n) distance of every point of each row pair (x[i], y[i]) to its k-th nearest other point in the
-    max-norm, exactly (a k-d tree per pair; the point itself is the one extra neighbour at distance 0)."""
-    c, n = x.shape
-    out = np.empty((c, n))
-    pts = np.empty((n, 2))
+def count_within(s: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """(c, m) #{j: |s[i, j] - q[i, l]| <= r[i, l]} for rows s[i] sorted ascending, with each difference rounded
+    as it is computed, so the point that defines r is never miscounted by the rounding of q ± r.
+
+    hi = #{j: s_j - q <= r} and lo = #{j: q - s_j > r}; both predicates are monotone along a sorted row
+    (rounding is monotone), so a binary search for q ± r lands within a few places and a short walk, done for
+    all rows at once, makes it exact."""
+    c, n = s.shape
+    hi = np.empty(q.shape, dtype=np.intp)
+    lo = np.empty(q.shape, dtype=np.intp)
     for i in range(c):
-        pts[:, 0], pts[:, 1] = x[i], y[i]
-        tree = cKDTree(pts, leafsize=16, compact_nodes=False, balanced_tree=False, copy_data=True)
-        out[i] = tree.query(pts, k=[k + 1], p=np.inf)[0][:, 0]
-    return out
-
-
-def count_within(sorted_vals: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """#{j: |sorted_vals[j] - q_i| <= r_i} for each i, with the difference rounded as it is computed, so the
-    point that defines r is never miscounted by the rounding of q ± r.
-
-    hi = #{j: s_j - q <= r} and lo = #{j: q - s_j > r}; both predicates are monotone along the sorted values
-    (rounding is monotone), so a binary search lands within a few places and a short walk makes it exact."""
-    s, n = sorted_vals, sorted_vals.size
-    hi = np.searchsorted(s, q + r, side="right")
-    while (m := (hi > 0) & (s[np.maximum(hi - 1, 0)] - q > r)).any():
+        hi[i] = np.searchsorted(s[i], q[i] + r[i], side="right")
+        lo[i] = np.searchsorted(s[i], q[i] - r[i], side="left")
+    flat = s.ravel()
+    base = (np.arange(c) * n)[:, None]
+    while (m := (hi > 0) & (flat[base + np.maximum(hi - 1, 0)] - q > r)).any():
         hi -= m
-    while (m := (hi < n) & (s[np.minimum(hi, n - 1)] - q <= r)).any():
+    while (m := (hi < n) & (flat[base + np.minimum(hi, n - 1)] - q <= r)).any():
         hi += m
-    lo = np.searchsorted(s, q - r, side="left")
-    while (m := (lo < n) & (q - s[np.minimum(lo, n - 1)] > r)).any():
+    while (m := (lo < n) & (q - flat[base + np.minimum(lo, n - 1)] > r)).any():
         lo += m
-    while (m := (lo > 0) & (q - s[np.maximum(lo - 1, 0)] <= r)).any():
+    while (m := (lo > 0) & (q - flat[base + np.maximum(lo - 1, 0)] <= r)).any():
         lo -= m
     return hi - lo
 
@@ -92,19 +92,18 @@ def count_within(sorted_vals: np.ndarray, q: np.ndarray, r: np.ndarray) -> np.nd
 def ksg_1d_columns(x: np.ndarray, y: np.ndarray, k: int = 3) -> np.ndarray:
     """KSG (algorithm 1, max-norm) of each row pair of already scaled (c, n) arrays, clipped at 0."""
     c, n = x.shape
-    eps = kth_chebyshev(x, y, k)
-    r = np.nextafter(eps, 0.0)  # counts of |d| <= r are the counts strictly inside eps
+    flat, xs, yx = sort_by_x(x, y)
+    eps_x = kth_chebyshev_sorted(xs, yx, k)  # in x order
+    r_x = np.nextafter(eps_x, 0.0)  # counts of |d| <= r are the counts strictly inside eps
+    r = np.empty(x.size)
+    r[flat] = r_x.ravel()
     psi = digamma(np.arange(1, n + 1, dtype=np.float64))  # ψ(1..n): the counts are integers
-    mi = np.empty(c)
-    for i in range(c):
-        total = 0.0
-        for a in (x[i], y[i]):
-            order = np.argsort(a)  # any order of equal values counts the same
-            s = a[order]  # queries in sorted order: the binary searches walk memory forwards
-            inside = count_within(s, s, r[i][order])  # the point itself included: n_x + 1
-            total += float(np.mean(psi[inside - 1]))
-        mi[i] = psi[n - 1] + psi[k - 1] - total
-    return np.maximum(mi, 0.0)
+    inside_x = count_within(xs, xs, r_x)  # the point itself included: n_x + 1
+    oy = (np.argsort(y, axis=1) + np.arange(c)[:, None] * n).ravel()  # queries in sorted order: searches walk forwards
+    ys = y.ravel()[oy].reshape(c, n)
+    inside_y = count_within(ys, ys, r[oy].reshape(c, n))
+    total = psi[inside_x - 1].mean(axis=1) + psi[inside_y - 1].mean(axis=1)
+    return np.maximum(psi[n - 1] + psi[k - 1] - total, 0.0)
 
 
 def _check(x: Any, y: Any, what: str) -> tuple[np.ndarray, np.ndarray]:
