@@ -19,7 +19,9 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import signal
 import tempfile
+import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -157,7 +159,14 @@ def fit_on_ray(inputs: Any, out_dir: str | Path, settings: RayHealSettings, *, m
         run_config=ray.train.RunConfig(name="heal", storage_path=str(out_dir / "ray"),
                                        failure_config=ray.train.FailureConfig(max_failures=settings.max_failures)),
     )
-    result = trainer.fit()
+    # Ray Train installs its own SIGINT handler in the driver and leaves it there; put ours back, so Ctrl-C
+    # after (or around) a Ray healing still reaches the job's own handling
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        result = trainer.fit()
+    finally:
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            signal.signal(signal.SIGINT, previous)
     if result.error is not None:
         raise result.error
     if result.checkpoint is None:

@@ -53,7 +53,7 @@ def test_grid_pairs_each_method_with_the_estimators_it_can_use() -> None:
                      "entrodrop/entropy.bucket/layer/k=2", "entrodrop/entropy.bucket/layer/k=4",
                      "mi_fbs/mi.ksg/layer/k=2", "mi_fbs/mi.ksg/layer/k=4"]
     assert spec.trials[-1].estimator_params == {"k": 5}
-    assert compatible_estimators("mi_greedy", ["entropy.knn"]) == ["mi.ksg"]  # default when none fits
+    assert compatible_estimators("mi_greedy", ["entropy.knn"]) == ["mi.perdim"]  # default when none fits
     assert compatible_estimators("reverse", ["mi.ksg"]) == [None]
     assert compatible_estimators("angular", []) == ["angular"]
 
@@ -94,7 +94,7 @@ def test_malformed_specs_are_refused(patch: dict, message: str) -> None:
 
 @pytest.mark.unit
 @pytest.mark.parametrize(("patch", "message"), [
-    ({"models": ["gpt-17"]}, "unknown model 'gpt-17'.*bundled models: gemma3-270m, smollm2-135m"),
+    ({"models": ["gpt-17"]}, "unknown model 'gpt-17'.*bundled models: gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, smollm2-135m"),
     ({"estimators": ["mi.kgs"], "methods": ["mi_fbs"]}, "unknown estimator 'mi.kgs'.*known:.*mi.ksg"),
     ({"methods": ["shortgtp"]}, "unknown selection method 'shortgtp'.*known:.*shortgpt"),
     ({"calibration": {"corpus": "wikipdia", "n_samples": 4, "seq_len": 64}}, "unknown corpus 'wikipdia'"),

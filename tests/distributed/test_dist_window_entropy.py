@@ -37,11 +37,13 @@ def test_ray_entropy_tasks_equal_local_scores(ray_local, tmp_path, estimator: st
     store = _store(tmp_path / "ray")
     scoring = RayScoring()
     params = {"k": 5} if "knn" in estimator else {}
-    assert scoring.warm_entropies(store, estimator, params, "layer") == 3
-    assert scoring.warm_entropies(store, estimator, params, "layer") == 0  # cached under the same key
+    remote, _ = scoring.entropy_increase(store, estimator, params, "layer")
+    assert scoring.entropy_scorers[-1].computed == 3  # one task per boundary
+    again, _ = scoring.entropy_increase(store, estimator, params, "layer")
+    assert scoring.entropy_scorers[-1].computed == 0 and again == remote  # cached under the same key
     from blockprune.calibration.scoring import entropy_cache, estimator_rows
 
     filled = entropy_cache(store, estimator, params, estimator_rows(store, estimator)).values
-    assert set(filled) == {"h_000", "h_001", "h_002"}  # the key entropy_increase reads
-    remote, _ = entropy_increase(store, estimator, params, "layer")
+    assert set(filled) == {"h_000", "h_001", "h_002"}  # the key the local path reads too
     assert remote == pytest.approx(local, rel=1e-12)
+    assert entropy_increase(store, estimator, params, "layer")[0] == remote

@@ -30,7 +30,7 @@ def no_weights(monkeypatch):
     (["--model", "smollm2-135m", "--prune", "30"], "between 1 and 29"),
     (["--model", "smollm2-135m", "--prune", "0"], "between 1 and 29"),
     (["--model", "smollm2-135m", "--n-samples", "5000", "--seq-len", "512"], "fewer than the 5000 × 512"),
-    (["--model", "no-such-model"], "bundled models: gemma3-270m, smollm2-135m"),
+    (["--model", "no-such-model"], "bundled models: gemma3-270m, qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, smollm2-135m"),
     (["--model", "smollm2-135m", "--corpus", "no-such-corpus"], "known: lambada, lee-news, wikipedia"),
     (["--model", "smollm2-135m", "--method", "nope"], "unknown selection method 'nope'"),
     (["--model", "smollm2-135m", "--method", "mi_fbs", "--granularity", "attention"], "whole layers"),

@@ -84,7 +84,7 @@ def test_tracking_store_deleted_after_capture_keeps_every_result(tmp_path: Path)
     assert lines[1].startswith("blockprune: error: MLflow tracking failed mid-job") and str(tmp_path / "results") \
         in lines[1]
     trials = [json.loads(ln) for ln in out.splitlines() if ln.startswith("{")]
-    assert [t["trial"] for t in trials] == ["shortgpt/layer/k=4", "entrodrop/entropy.bucket/layer/k=4"]
+    assert [t["trial"] for t in trials] == ["shortgpt/layer/k=4", "entrodrop/entropy.knn_window/layer/k=4"]
 
     from blockprune.selection.plan import PrunePlan
 
