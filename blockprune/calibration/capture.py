@@ -59,6 +59,14 @@ def sample_positions(n_windows: int, seq_len: int, n_rows: int, seed: int, skip_
     return np.stack([flat // per, flat % per + first], axis=1).astype(np.int64)
 
 
+def store_boundaries(n_layers: int, capture_mid: bool) -> list[str]:
+    """The arrays a store holds: h_0 … h_L, then m_0 … m_{L-1} when mid-points are captured (every capture path)."""
+    names = [boundary_name("h", i) for i in range(n_layers + 1)]
+    if capture_mid:
+        names += [boundary_name("m", i) for i in range(n_layers)]
+    return names
+
+
 def capture_positions(windows: TokenWindows, settings: CaptureSettings) -> np.ndarray:
     """The store's rows for these windows and settings: the one call every capture path makes."""
     skip = windows.has_bos and not settings.include_bos
@@ -288,9 +296,7 @@ def capture(
     n_layers = len(adapter.layers(model))
     hidden = int(model.get_input_embeddings().weight.shape[1])
     positions = capture_positions(windows, settings)
-    names = [boundary_name("h", i) for i in range(n_layers + 1)]
-    if settings.capture_mid:
-        names += [boundary_name("m", i) for i in range(n_layers)]
+    names = store_boundaries(n_layers, settings.capture_mid)
     writer = StoreWriter(store_path, names, len(positions), hidden, settings.store_dtype)
     t0 = time.perf_counter()
     try:

@@ -32,6 +32,7 @@ from blockprune.calibration.capture import (
     capture_positions,
     finish_manifest,
     first_calibrated_position,
+    store_boundaries,
 )
 from blockprune.calibration.stats import BlockStats
 from blockprune.calibration.store import ActivationStore, StoreWriter, boundary_name
@@ -239,9 +240,7 @@ def capture_streamed(
         raise BadInputError(f"{model_path} is a {stream.adapter.family} model, not {adapter.family}")
     n_layers, hidden = stream.n_layers, stream.hidden_size
     positions = capture_positions(windows, settings)
-    names = [boundary_name("h", i) for i in range(n_layers + 1)]
-    if settings.capture_mid:
-        names += [boundary_name("m", i) for i in range(n_layers)]
+    names = store_boundaries(n_layers, settings.capture_mid)
     writer = StoreWriter(store_path, names, len(positions), hidden, settings.store_dtype)
     t0 = time.perf_counter()
     try:

@@ -26,12 +26,11 @@ from typing import Any
 
 import numpy as np
 
-from blockprune.calibration.capture import capture_positions, finish_manifest
+from blockprune.calibration.capture import capture_positions, finish_manifest, store_boundaries
 from blockprune.calibration.stats import BlockStats
 from blockprune.calibration.store import (
     ActivationStore,
     StoreWriter,
-    boundary_name,
     float16_overflow,
 )
 from blockprune.errors import BlockpruneError
@@ -141,9 +140,7 @@ def capture_layout(p: Any) -> tuple[np.ndarray, list[str], int, int, bool]:
     cfg = text_config(AutoConfig.from_pretrained(p.resolved.path))
     hidden = int(cfg.hidden_size)
     n_layers = p.n_layers
-    names = [boundary_name("h", i) for i in range(n_layers + 1)]
-    if settings.capture_mid:
-        names += [boundary_name("m", i) for i in range(n_layers)]
+    names = store_boundaries(n_layers, settings.capture_mid)
     return positions, names, n_layers, hidden, skip
 
 
