@@ -19,7 +19,7 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "bench_cli_help.json"
 HEAVY = ("torch", "ray", "mlflow", "transformers", "lm_eval", "matplotlib")
 ENTRIES = ["blockprune.jobs.cli", "blockprune.jobs.calibrate", "blockprune.jobs.evaluate", "blockprune.jobs.sweep",
-           "blockprune.jobs.compare", "blockprune.jobs.study"]
+           "blockprune.jobs.compare", "blockprune.jobs.study", "blockprune.jobs.heal"]
 PROBE = ("import runpy, sys; sys.argv = [{m!r}, '--help']\n"
          "try:\n    runpy.run_module({m!r}, run_name='__main__')\nexcept SystemExit:\n    pass\n"
          "print('HEAVY=' + ','.join(x for x in {heavy!r} if x in sys.modules), file=sys.stderr)")
