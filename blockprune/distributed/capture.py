@@ -128,20 +128,17 @@ class SharedStoreWriter(StoreWriter):
         return super().commit(manifest)
 
 
-def capture_layout(p: Any) -> tuple[np.ndarray, list[str], int, int, bool]:
-    """(positions, boundary names, n_layers, hidden, skip_first) exactly as the single-process capture."""
+def capture_layout(p: Any) -> tuple[np.ndarray, list[str], int, int]:
+    """(positions, boundary names, n_layers, hidden) exactly as the single-process capture."""
     from transformers import AutoConfig
 
-
     settings = p.job.capture
-    windows = p.windows
-    skip = windows.has_bos and not settings.include_bos
-    positions = capture_positions(windows, settings)
+    positions = capture_positions(p.windows, settings)
     cfg = text_config(AutoConfig.from_pretrained(p.resolved.path))
     hidden = int(cfg.hidden_size)
     n_layers = p.n_layers
     names = store_boundaries(n_layers, settings.capture_mid)
-    return positions, names, n_layers, hidden, skip
+    return positions, names, n_layers, hidden
 
 
 def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, Any],
@@ -158,7 +155,7 @@ def capture_with_actors(p: Any, actors: list[Any], path: Path, meta: dict[str, A
     if store_dtype is not None:
         settings = dataclasses.replace(settings, store_dtype=store_dtype)
     windows = p.windows
-    positions, names, n_layers, hidden, skip = capture_layout(p)
+    positions, names, n_layers, hidden = capture_layout(p)
     parts = split_windows(len(windows.input_ids), settings.batch_size, len(actors))
     writer = SharedStoreWriter(path, names, len(positions), hidden, settings.store_dtype)
     t0 = time.perf_counter()

@@ -295,7 +295,6 @@ class ModelGroup:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-
         self.name = name
         self.replicas = replicas
         self.num_gpus = num_gpus

@@ -356,7 +356,6 @@ def precheck_heal(model: str, cfg: HealConfig) -> None:
     LoRA target names against the model's architecture, the training split against the budget."""
     from transformers import AutoConfig, AutoTokenizer
 
-
     resolved = resolve_model(model)
     resolve_targets(AutoConfig.from_pretrained(resolved.path), cfg.lora.targets)
     tok = AutoTokenizer.from_pretrained(resolved.path)

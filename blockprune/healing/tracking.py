@@ -99,7 +99,6 @@ def healed_metrics(trial_run_ids: Iterable[str], tracking_uri: str | None = None
     if client is None:
         from mlflow import MlflowClient
 
-
         client = MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
     experiments = sorted({client.get_run(i).info.experiment_id for i in ids})
     runs = client.search_runs(experiments, filter_string=f"tags.`{KIND_TAG}` = '{HEAL_KIND}' and "

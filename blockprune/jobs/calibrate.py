@@ -162,7 +162,6 @@ def _cli_trials(args: argparse.Namespace, model: str) -> list[dict[str, Any]]:
     if args.prune_ratio is not None:
         from transformers import AutoConfig
 
-
         cfg = AutoConfig.from_pretrained(resolve_model(model).path)
         prunes.append(n_prune_from_ratio(args.prune_ratio, adapter_for_config(cfg).n_layers(cfg)))
     return [{"method": m, "n_prune": k, "granularity": args.granularity or "layer", "estimator": args.estimator,

@@ -22,7 +22,7 @@ from blockprune.env import cache_dir
 from blockprune.pipeline.backend import Backend, LocalBackend
 from blockprune.pipeline.config import JobConfig, TrialSpec
 from blockprune.pipeline.evaluate import Evaluation, pruned_name
-from blockprune.pipeline.prepare import Prepared, prepare, trial_capture, with_capture
+from blockprune.pipeline.prepare import Prepared, prepare, trial_store
 from blockprune.pipeline.records import TrialResult, job_params, job_tags, store_tags, trial_record
 from blockprune.pipeline.results import ResultsFolder
 from blockprune.pipeline.scoring import score_and_select
@@ -107,7 +107,8 @@ def run_job(job: JobConfig, backend: Backend | None = None, tracker: Tracker | N
             lock = log_lock or contextlib.nullcontext()
             stores = {job.capture: store}
             for i, trial in enumerate(job.trials):
-                t_p, t_store = _trial_store(p, backend, trial, stores, progress, echo, name)
+                t_p, t_store = trial_store(p, trial, stores, lambda tp, t: _extra_store(tp, t, backend, progress,
+                                                                                        echo, name))
                 out.results.append(_run_trial(t_p, backend, t_store, trial, dense, capture_s, tracker, progress, echo,
                                               name, engine_tags | tags, lock, results, i))
             with lock:
@@ -148,17 +149,12 @@ def heal_all(p: Prepared, backend: Backend, results: list[TrialResult], tracker:
              + ", ".join(f"{c} ×{v:.2f} of dense" for c, v in ratios.items()))
 
 
-def _trial_store(p: Prepared, backend: Backend, trial: TrialSpec, stores: dict[Any, Any], progress: bool,
-                 echo: Echo, name: str) -> tuple[Prepared, Any]:
-    """(the job as this trial reads it, its store): a per-window estimator's store (whole windows, position 0
-    kept) is captured, or reused, the first time a trial asks for it; its records name those settings."""
-    settings = trial_capture(trial, p.job.capture)
-    if settings not in stores:
-        store, reused = backend.capture(with_capture(p, settings), progress)
-        echo(f"[blockprune] {name}: per-window store for {trial.estimator} {'reused' if reused else 'captured'}: "
-             f"{store.path} ({store.n_rows} rows: whole calibration windows, position 0 kept)")
-        stores[settings] = store
-    return with_capture(p, settings), stores[settings]
+def _extra_store(p: Prepared, trial: TrialSpec, backend: Backend, progress: bool, echo: Echo, name: str) -> Any:
+    """A trial's own store beside the job's (a per-window estimator's: whole windows, position 0 kept)."""
+    store, reused = backend.capture(p, progress)
+    echo(f"[blockprune] {name}: per-window store for {trial.estimator} {'reused' if reused else 'captured'}: "
+         f"{store.path} ({store.n_rows} rows: whole calibration windows, position 0 kept)")
+    return store
 
 
 def _run_trial(p: Prepared, backend: Backend, store: Any, trial: TrialSpec, dense: dict[str, float],

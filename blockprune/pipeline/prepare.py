@@ -159,6 +159,17 @@ def with_capture(p: Prepared, settings: CaptureSettings) -> Prepared:
     return p if settings == p.job.capture else replace(p, job=replace(p.job, capture=settings))
 
 
+def trial_store(p: Prepared, trial: TrialSpec, stores: dict[CaptureSettings, ActivationStore],
+                capture: Callable[[Prepared, TrialSpec], ActivationStore]) -> tuple[Prepared, ActivationStore]:
+    """(the job as this trial reads it, its store) from ``stores`` (keyed by capture settings, the job's own
+    store in it); a capture a trial needs and no earlier trial did is made (or reused) by ``capture`` once."""
+    settings = trial_capture(trial, p.job.capture)
+    t_p = with_capture(p, settings)
+    if settings not in stores:
+        stores[settings] = capture(t_p, trial)
+    return t_p, stores[settings]
+
+
 def store_path(p: Prepared) -> Path:
     root = Path(p.job.store_root or Path(cache_dir()) / "stores")
     return root / f"{p.resolved.name.replace('/', '__')}-{store_key(store_meta(p), p.job.capture)}"

@@ -99,7 +99,6 @@ class StudyLog:
     def __init__(self, tracking_uri: str, experiment: str, study: str, fingerprint: str) -> None:
         from mlflow import MlflowClient
 
-
         ensure_experiment(tracking_uri, experiment)
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.tracking_uri = tracking_uri

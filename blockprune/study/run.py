@@ -86,7 +86,7 @@ def _job(spec: StudySpec, model: ModelGrid, cal: Any, trials: list[Any]) -> Any:
 def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadline, echo: Echo,
                models: dict[str, Any], reference: bool) -> None:
     """Capture (or reuse) the reference calibration's store (or the others') and make every selection."""
-    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path, trial_capture, with_capture
+    from blockprune.pipeline.prepare import capture_or_reuse, prepare, store_path, trial_store
     from blockprune.pipeline.scoring import score_and_select
 
     done = slog.by_key("selection")
@@ -123,12 +123,14 @@ def select_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Deadl
                               "tokens_calibrated": float(manifest.get("tokens_calibrated", 0)),
                               "sample_rows": float(store.n_rows)})
             stores = {p.job.capture: store}
+
+            def extra_store(tp: Any, _: Any, ckey: str = ckey, load: Any = load, name: str = m.name) -> Any:
+                extra = capture_or_reuse(tp, models.get(name), load=load)[0]  # a per-window estimator's store
+                echo(f"[study] {ckey}: per-window store {extra.path}")
+                return extra
+
             for t in todo:
-                settings = trial_capture(t, p.job.capture)
-                if settings not in stores:  # a per-window estimator's store: whole windows, position 0 kept
-                    stores[settings] = capture_or_reuse(with_capture(p, settings), models.get(m.name), load=load)[0]
-                    echo(f"[study] {ckey}: per-window store {stores[settings].path}")
-                t_store = stores[settings]
+                _, t_store = trial_store(p, t, stores, extra_store)
                 tkey = trial_key(ckey, t.method, t.estimator, t.granularity, t.n_prune, t.estimator_params,
                                  t.stage_rule)
                 tags = {"model": m.name, "corpus": cal.corpus, "seed": cal.seed, "reference": int(ci == 0),

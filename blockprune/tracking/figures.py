@@ -131,7 +131,6 @@ def run_heatmap_figure(plan: PrunePlan, score_name: str = "score") -> Any:
     """Heatmap of the exact run scores (start block × run length); the chosen runs outlined."""
     from matplotlib.patches import Rectangle
 
-
     m = run_score_matrix(plan)
     fig = _figure(7.0, max(2.2, 1.1 + 0.32 * m.shape[0]))
     ax = fig.add_subplot()

@@ -20,7 +20,7 @@ def test_deepspeed_capture_equals_accelerate_capture(reference, tmp_path) -> Non
     job = tiny_job(tmp_path / "stores")
     worker = ModelWorker(job, engine="deepspeed")  # the actor's code, run in this process
     assert worker._ds_engine is not None and worker.describe()["engine"] == "deepspeed"
-    positions, names, _, hidden, _ = capture_layout(worker.p)
+    positions, names, _, hidden = capture_layout(worker.p)
     assert np.array_equal(positions, reference.store.positions())
     writer = SharedStoreWriter(tmp_path / "ds-store", names, len(positions), hidden, "float32")
     raw = worker.capture_part(str(writer.tmp), positions, list(range(4)), 0)
