@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from blockprune.study.claims import noise_text, summary_section
+from blockprune.study.claims import noise_text, reference_reading, summary_section
 from blockprune.study.heal import heal_rows, heal_section
 from blockprune.study.record import RunRecord, StudyLog, export
 from blockprune.study.sections import (
@@ -29,7 +29,7 @@ from blockprune.study.sections import (
     stability_section,
 )
 from blockprune.study.spec import StudySpec, validate
-from blockprune.study.tables import Study
+from blockprune.study.tables import Study, family
 
 
 def load_study(spec: StudySpec, tracking_uri: str) -> tuple[Study, list[Any]]:
@@ -42,7 +42,8 @@ def study_from_runs(spec: StudySpec, runs: Sequence[RunRecord]) -> Study:
     """The spec's view of a set of runs: from the store, or from a report's ``runs.json`` without MLflow."""
     return Study.from_runs(runs, [t for t, _ in spec.evaluation.tasks], list(spec.evaluation.corpora),
                            [m.name for m in spec.models], spec.evaluation.tasks_tag,
-                           spec.evaluation.docs_tag, spec.display_names)
+                           spec.evaluation.docs_tag, spec.display_names,
+                           [m.label for m in spec.layer_methods + spec.attention_methods])
 
 
 def ledger_runs(path: str | Path) -> list[RunRecord]:
@@ -93,6 +94,21 @@ def _shown(source: str) -> str:
         return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return source
+
+
+def readings_text(study: Study, spec: StudySpec) -> list[str]:
+    """Which rows are the papers' methods as their authors ran them and which are labelled variants (only when
+    the spec has both): a reader comparing two EntroDrop rows must know which one is the paper's."""
+    labels = dict.fromkeys(m.label for m in spec.layer_methods + spec.attention_methods if family(m.label) != "base")
+    names = spec.display_names
+    authors = [names.get(m) or study.name(m) for m in labels if reference_reading(m)]
+    variants = [names.get(m) or study.name(m) for m in labels if not reference_reading(m)]
+    if not authors or not variants:
+        return []
+    return [f"**Readings.** Each paper's method as its authors ran it (the method's default; README, \"Which "
+            f"reading each method follows\"): {', '.join(authors)}. Labelled variants, kept beside them for "
+            f"comparison and never counted as the paper's method: {', '.join(variants)}. The summary judges the "
+            "papers' claims on the first and reports the best of all readings separately.", ""]
 
 
 def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, rel_dir: str, command: str,
@@ -148,6 +164,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         "these documents (no model; a limited run's first documents need not be balanced)." + noise_text(study),
         "",
     ]
+    lines += readings_text(study, spec)
     lines += headline(study, "layer") + headline(study, "attention")
     lines += summary_section(study)
     lines += budget_section(study)

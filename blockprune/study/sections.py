@@ -217,9 +217,10 @@ def cost_section(study: Study, spec: StudySpec) -> list[str]:
                 mids = [f"{method}/{est}" for method in ("mi_greedy", "mi_fbs", "mi_brute")]
                 fbs = study.plans(m, "layer", mids[1], n)
                 brute = {(s.corpus, s.seed): s.blocks for s in study.plans(m, "layer", mids[2], n)}
-                same = sum(1 for s in fbs if brute.get((s.corpus, s.seed)) == s.blocks)
+                both = [s for s in fbs if (s.corpus, s.seed) in brute]  # calibrations that ran both
+                same = sum(1 for s in both if brute[(s.corpus, s.seed)] == s.blocks)
                 rows.append([m, str(n)] + ([_estimator_label(est)] if multi else [])
-                            + [fmt(ex.get(k), 1) for k in mids] + [f"{same}/{len(fbs)}" if fbs else "–"])
+                            + [fmt(ex.get(k), 1) for k in mids] + [f"{same}/{len(both)}" if both else "–"])
     lines += table(hdr, rows) + [""]
     lines += time_lines(study, spec)
     return lines

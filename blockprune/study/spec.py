@@ -353,6 +353,10 @@ def _check_rows(spec: StudySpec) -> None:
                 raise StudySpecError(f"{where} lists {m.label} twice ({seen[m.label]} and {m}): the report could not "
                                      "tell their rows apart")
             seen[m.label] = m
+            if m.stage_rule not in (None, "fixed") and m.estimator == _default_estimator(m.method):
+                raise StudySpecError(f"{where}: {m} changes the stage rule of the default estimator: its row would "
+                                     f"read as {m.method} as its authors ran it (the report tells readings apart "
+                                     "by estimator); use another estimator for a stage-rule variant")
     names: dict[str, str] = {}
     for m in spec.layer_methods + spec.attention_methods:
         if m.display and names.setdefault(m.display, m.label) != m.label:

@@ -133,11 +133,13 @@ class Study:
     @classmethod
     def from_runs(cls, runs: Sequence[RunRecord], tasks: Sequence[str], corpora: Sequence[str],
                   models: Sequence[str], tasks_tag: str | None = None, docs_tag: str | None = None,
-                  names: dict[str, str] | None = None) -> Study:
+                  names: dict[str, str] | None = None, order: Sequence[str] = ()) -> Study:
         """``tasks_tag``: use a run's lm-eval metrics only when its ``tasks_done`` tag is this one (results of
         other limits or another lm-eval dtype are not mixed in; the study redoes them). ``docs_tag``: use only
         the answer baselines of these documents (the tasks and limits, whatever the dtype). ``names``: the
-        spec's display names of method ids."""
+        spec's display names of method ids. ``order``: method ids in the order the spec lists them, the
+        order of the report's rows (others follow in the order they were run): a method added to a finished
+        study sits where its spec puts it, not last."""
         sels: list[Selection] = []
         evals: dict[str, Evaluation] = {}
         cals: dict[str, RunRecord] = {}
@@ -165,6 +167,8 @@ class Study:
                 baseline = Evaluation(r.run_id, r.key, dict(r.metrics))
             elif r.kind == "heal":
                 heals[r.key] = r  # the newest run of a key wins, as everywhere
+        rank = {mid: i for i, mid in enumerate(dict.fromkeys(order))}  # a method's first place counts
+        sels.sort(key=lambda s: rank.get(s.method, len(rank)))  # stable: run order within a method
         return cls(sels, evals, list(cals.values()), list(tasks), list(corpora), list(models), infeasible,
                    baseline, dict(names or {}), list(heals.values()))
 

@@ -126,6 +126,7 @@ def test_parse_errors_of_the_report_keys(over: dict[str, Any], match: str) -> No
     ([{"method": "entrodrop", "estimator": "entropy.knn", "stage_rule": "curve"},
       {"method": "entrodrop", "estimator": "entropy.knn", "stage_rule": "fixed"}], "twice"),
     ([{"method": "shortgpt", "display": "X"}, {"method": "angular", "display": "X"}], "given to shortgpt and angular"),
+    ([{"method": "entrodrop", "stage_rule": "curve"}], "would read as entrodrop as its authors ran it"),
 ])
 def test_rows_the_report_could_not_tell_apart_are_refused(methods: list[Any], match: str) -> None:
     with pytest.raises(StudySpecError, match=match):

@@ -106,6 +106,29 @@ def test_summary_counts_claims(study: Study) -> None:
            "standard error of an average accuracy, in 0)." in text
 
 
+def test_claims_judge_each_method_as_its_authors_ran_it_then_the_variants() -> None:
+    """EntroDrop's own reading (its default estimator) loses to ShortGPT; a labelled variant wins. The claim as the
+    authors ran it must say 0 of 1, and the best-of-every-reading count 1 of 1, in a sentence of its own."""
+    runs = [
+        _sel(1, "a", 0, "shortgpt", None, 2, (3, 4)),
+        _sel(2, "a", 0, "entrodrop", "entropy.knn_window", 2, (6, 7)),
+        _sel(3, "a", 0, "entrodrop", "entropy.knn", 2, (1, 2)),
+        _sel(4, "a", 0, "mi_fbs", "mi.perdim", 2, (1, 2)),
+        _eval(1, plan_key(MODEL, "", None), 10.0, 20.0),
+        _eval(2, plan_key(MODEL, "layer", (3, 4)), 20.0, 80.0),
+        _eval(3, plan_key(MODEL, "layer", (6, 7)), 30.0, 90.0),
+        _eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0),
+    ]
+    text = "\n".join(summary_section(Study.from_runs(runs, TASKS, CORPORA, [MODEL])))
+    assert "*EntroDrop beats ShortGPT's BI*, EntroDrop as its authors ran it (the method's default reading, " \
+           "lower perplexity): holds in 0 of 1 cells." in text
+    assert "*MI-PRUN beats ShortGPT*, MI-PRUN as its authors ran it" in text and "estimator): holds in 1 of 1" in text
+    assert "*MI-PRUN beats EntroDrop*, both as their authors ran them: holds in 1 of 1 cells." in text
+    assert "the labelled variants included (a best-of-several, so it favours the method with more readings): " \
+           "EntroDrop beats ShortGPT in 1 of 1 cells, MI-PRUN beats ShortGPT in 1 of 1 cells, MI-PRUN beats " \
+           "EntroDrop in 0 of 1 cells." in text
+
+
 def test_accuracy_wins_name_the_task_that_carried_them(study: Study) -> None:
     text = "\n".join(summary_section(study))
     assert "- Accuracy wins over ShortGPT beyond the noise: 1; 1 of them still ahead by more than ±0.050" in text
@@ -387,6 +410,13 @@ def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
                               [MODEL])
     (line,) = all_calibration_claims([partial.rows(MODEL, "layer", 2)], 0.05)
     assert "EntroDrop" not in line.split(": ", 1)[1] and "MI-PRUN beats ShortGPT in 1 of 1" in line
+    # EntroDrop as its authors ran it (default estimator) chose (3, 5) on both: no better than ShortGPT, while
+    # the variant above wins; once the study has such rows, the claim is judged on them, not the best variant
+    ref = Study.from_runs([*runs, _sel(7, "a", 0, "entrodrop", "entropy.knn_window", 2, (3, 5)),
+                           _sel(8, "b", 0, "entrodrop", "entropy.knn_window", 2, (3, 5))], TASKS, CORPORA, [MODEL])
+    (line,) = all_calibration_claims([ref.rows(MODEL, "layer", 2)], 0.05)
+    assert "each method as its authors ran it" in line
+    assert "EntroDrop beats ShortGPT in 0 of 1 cells by perplexity and 0 by average accuracy" in line
 
 
 @pytest.mark.unit
@@ -451,3 +481,37 @@ def test_exact_scores_per_mi_estimator_when_there_are_two(study: Study, tmp_path
     assert "| model | n_prune | estimator | greedy | FBS | brute force | FBS = brute? |" in two
     assert "| m | 2 | KSG | – | 11.0 | 17.0 | 1/1 |" in two
     assert "| m | 2 | per-coordinate KSG | – | 7.0 | 9.0 | 1/1 |" in two
+    # FBS without a brute-force run on the same calibration: nothing to compare, not "0 of 1"
+    fbs_only = Study.from_runs([_sel(22, "a", 0, "mi_fbs", "mi.perdim", 2, (5, 6), exact=7)], TASKS, CORPORA,
+                               [MODEL])
+    three = "\n".join(cost_section(replace(study, selections=study.selections + fbs_only.selections), spec))
+    assert "| m | 2 | per-coordinate KSG | – | 7.0 | – | – |" in three
+
+
+def test_readings_paragraph_names_the_papers_rows_and_the_variants(study: Study) -> None:
+    from blockprune.study.report import readings_text
+
+    both = parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}},
+                       "methods": {"layer": ["shortgpt", "entrodrop", "mi_fbs",
+                                             {"method": "entrodrop", "estimator": "entropy.knn",
+                                              "stage_rule": "curve", "display": "EntroDrop · KNN pooled (curve)"},
+                                             "mi_fbs/mi.ksg"]}})
+    (text, _) = readings_text(study, both)
+    authors, variants = text.split("Labelled variants")
+    assert "EntroDrop · KNN per window" in authors and "MI-PRUN FBS" in authors and "ShortGPT" not in text
+    assert "EntroDrop · KNN pooled (curve)" in variants and "MI-PRUN FBS · KSG" in variants
+    only_variants = parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}},
+                                "methods": {"layer": ["shortgpt", "mi_fbs/mi.ksg"]}})
+    assert readings_text(study, only_variants) == []  # nothing to tell apart: no paragraph
+
+
+def test_rows_follow_the_spec_order_not_the_run_order() -> None:
+    """A method added to a finished study was run last; its rows sit where the spec lists it. A method the spec
+    lists for both granularities keeps its first place."""
+    runs = [_sel(1, "a", 0, "shortgpt", None, 2, (3, 4)), _sel(2, "a", 0, "mi_fbs", "mi.ksg", 2, (1, 2)),
+            _sel(3, "a", 0, "entrodrop", "entropy.knn_window", 2, (6, 7))]
+    order = ["shortgpt", "entrodrop/entropy.knn_window", "mi_fbs/mi.ksg", "shortgpt"]
+    assert Study.from_runs(runs, TASKS, CORPORA, [MODEL], order=order).methods(MODEL, "layer") == [
+        "shortgpt", "entrodrop/entropy.knn_window", "mi_fbs/mi.ksg"]
+    assert Study.from_runs(runs, TASKS, CORPORA, [MODEL]).methods(MODEL, "layer") == [
+        "shortgpt", "mi_fbs/mi.ksg", "entrodrop/entropy.knn_window"]
