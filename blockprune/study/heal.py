@@ -108,6 +108,8 @@ def heal_study(spec: StudySpec, slog: StudyLog, study: Study, n_layers: dict[str
             todo.setdefault(key, []).append(t)
     if not todo:
         return 0, False
+    from blockprune.healing.run import HealingInterrupted, last_checkpoint  # torch, lightning: when healing
+
     if heal_fn is None:
         from blockprune.healing.run import heal_plan as heal_fn
     release()
@@ -122,13 +124,18 @@ def heal_study(spec: StudySpec, slog: StudyLog, study: Study, n_layers: dict[str
                          blocks=t.blocks, granularity=t.granularity,  # type: ignore[arg-type]
                          method=t.method.partition("/")[0])
         out_dir = out_root / f"{spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-        if out_dir.exists():  # an interrupted healing of this key: start it over
+        resume = last_checkpoint(out_dir)  # an interrupted healing of this key continues from its checkpoint
+        if out_dir.exists() and resume is None:  # one that died before any checkpoint: start it over
             shutil.rmtree(out_dir)
         dense = _dense_from(finished, t.model) or True
         echo(f"[study] heal {key}: best plan of {', '.join(FAMILY_NAMES[g.family] for g in group)} "
-             f"({study.name(t.method)}, ppl× {t.ppl_ratio:.2f})")
-        result = heal_fn(plan, resolved.name, heal.config, str(out_dir), tracker=None, dense=dense, progress=False,
-                         echo=echo)
+             f"({study.name(t.method)}, ppl× {t.ppl_ratio:.2f})" + (f"; resuming {resume}" if resume else ""))
+        try:
+            result = heal_fn(plan, resolved.name, heal.config, str(out_dir), tracker=None, dense=dense,
+                             progress=False, echo=echo, resume=resume)
+        except HealingInterrupted as e:  # SIGINT/SIGTERM: the checkpoint is written, the next run resumes it
+            echo(f"[study] heal {key}: interrupted after step {e.step}; run the study again to resume")
+            return count, True
         metrics = dict(result.metrics())
         metrics["heal_minutes"] = float(result.wall_seconds) / 60
         if not heal.keep_merged and result.merged_path:

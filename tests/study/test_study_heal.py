@@ -4,6 +4,7 @@ real LoRA healing is tested in tests/healing/); the study log is a real sqlite M
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -153,6 +154,43 @@ def test_heal_study_stops_at_the_deadline(tmp_path: Path) -> None:
     assert heal_study(spec, slog, _study(_runs(), spec), {MODEL: 30}, deadline=lambda: next(ticks),
                       echo=lambda _: None, heal_fn=fake, root=tmp_path / "heal") == (1, True)
     assert len(slog.by_key("heal")) == 1
+
+
+def test_an_interrupted_healing_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    """A SIGTERM mid-training (heal raises HealingInterrupted once its checkpoint is written) stops the study
+    without a run; the next study run hands that checkpoint to the same plan's healing instead of starting over.
+    A healing that died before any checkpoint starts over in an emptied folder."""
+    from blockprune.healing.run import HealingInterrupted
+
+    spec = _spec()
+    slog = StudyLog(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", spec.name, spec.fingerprint)
+    study = _study(_runs(), spec)
+
+    def interrupted(plan: Any, model: str, cfg: Any, out_dir: str, **kw: Any) -> Any:
+        ckpt = Path(out_dir) / "checkpoints" / "last.ckpt"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(b"step 3")
+        raise HealingInterrupted(3, ckpt)
+
+    assert heal_study(spec, slog, study, {MODEL: 30}, deadline=lambda: False, echo=lambda _: None,
+                      heal_fn=interrupted, root=tmp_path / "heal") == (0, True)
+    assert slog.by_key("heal") == {}
+    fake = _FakeHeal()
+    assert heal_study(spec, slog, study, {MODEL: 30}, deadline=lambda: False, echo=lambda _: None,
+                      heal_fn=fake, root=tmp_path / "heal") == (4, False)
+    first = fake.calls[0]
+    assert first["plan"].blocks == S6 and first["resume"] == Path(first["out_dir"]) / "checkpoints" / "last.ckpt"
+    assert all(c["resume"] is None for c in fake.calls[1:])
+    # a folder left without a checkpoint (killed while loading): emptied, healed from the start
+    stale = _spec(steps=7)
+    key = heal_key(heal_targets(study, stale.heal)[0].plan_key, stale.heal)
+    folder = tmp_path / "heal2" / f"t-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    (folder / "partial").mkdir(parents=True)
+    fake2 = _FakeHeal()
+    heal_study(stale, slog, study, {MODEL: 30}, deadline=lambda: False, echo=lambda _: None, heal_fn=fake2,
+               root=tmp_path / "heal2")
+    assert fake2.calls[0]["out_dir"] == str(folder) and fake2.calls[0]["resume"] is None
+    assert not (folder / "partial").exists()
 
 
 def _heal_run(spec: Any, blocks: tuple[int, ...], before: float, after: float, rid: str) -> RunRecord:
