@@ -4,37 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import FAMILIES, tiny_model
 
 from blockprune.models.adapters import UnsupportedArchitectureError, adapter_for, adapter_for_config
 from blockprune.models.apply import SkippedAttention, SkippedMLP, apply_plan, load_pruned, save_pruned
 from blockprune.selection.plan import PrunePlan
 
 pytestmark = pytest.mark.unit
-
-TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=6, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128)
-
-
-def tiny_model(family: str):
-    from transformers import AutoModelForCausalLM, GPT2Config, Qwen2Config
-
-    torch.manual_seed(0)
-    if family == "gpt2":
-        cfg = GPT2Config(vocab_size=97, n_embd=32, n_layer=6, n_head=4, n_positions=128)
-    elif family == "gemma3":
-        from transformers import Gemma3TextConfig
-
-        cfg = Gemma3TextConfig(**TINY, head_dim=8, sliding_window=4, layer_types=None)
-    elif family == "qwen2":
-        cfg = Qwen2Config(**TINY, use_sliding_window=True, sliding_window=4, max_window_layers=3)
-    else:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.for_model(family, **TINY)
-    return AutoModelForCausalLM.from_config(cfg).eval()
-
-
-FAMILIES = ["llama", "mistral", "qwen2", "qwen3", "gemma3", "gpt2"]
 
 
 def _plan(model, blocks, granularity):
