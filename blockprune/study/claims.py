@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from blockprune.selection.methods import METHODS
 from blockprune.study.markdown import fmt
 from blockprune.study.record import plan_key
-from blockprune.study.tables import Row, Study, family, geomean
+from blockprune.study.tables import Row, Study, family, geomean, task_accuracy
 
 
 def noise_text(study: Study) -> str:
@@ -250,6 +250,12 @@ def floor_lines(study: Study) -> list[str]:
         accs = [a for k, ev in study.evaluations.items() if k.startswith(f"{m}|") and k != plan_key(m, "", None)
                 and (a := study.avg_accuracy(ev)) is not None]
         text = f"  - {m}: dense {fmt(dense, 3)}, {dense - chance:+.3f} above chance"
+        margin = _margin_over_constant(study, m)
+        if margin is not None:
+            se_d, se_c, z = margin
+            text += (f"; against the best constant answer: dense {fmt(dense, 3)} ± {se_d:.3f} vs {fmt(constant, 3)} ± "
+                     f"{se_c:.3f} (binomial standard errors of the average over the scored questions), "
+                     f"{dense - constant:+.3f} = {z:.1f} combined standard errors")
         if accs:
             text += (f"; of its {len(accs)} pruned plans with lm-eval results, {sum(a <= constant for a in accs)} "
                      "score no more than the best constant answer")
@@ -257,6 +263,26 @@ def floor_lines(study: Study) -> list[str]:
                 text += f" and {sum(a <= chance + noise[1] for a in accs)} are within ±{noise[1]:.3f} of chance"
         out.append(text + ".")
     return out
+
+
+def _margin_over_constant(study: Study, model: str) -> tuple[float, float, float] | None:
+    """(standard error of the dense average accuracy, of the best constant answer's, margin ÷ their combined
+    error): whether the dense model answers better than a guess in hindsight, with the noise of the limited
+    question counts, is the question the accuracies stand on. Each task's error is √(p(1 − p)/n)."""
+    ev = study.dense(model)
+    per_task, constant = study.baseline_accuracy("constant")
+    dense = study.avg_accuracy(ev)
+    if ev is None or dense is None or constant is None or not study.tasks:
+        return None
+    ns = [ev.metrics.get(f"{t}.n") for t in study.tasks]
+    accs = [task_accuracy(ev.metrics, t) for t in study.tasks]
+    if any(n is None or n <= 0 for n in ns) or any(t not in per_task for t in study.tasks):
+        return None
+    k = len(study.tasks)
+    se_d = math.sqrt(sum(a * (1 - a) / n for a, n in zip(accs, ns, strict=True))) / k  # type: ignore[operator]
+    se_c = math.sqrt(sum(per_task[t] * (1 - per_task[t]) / n for t, n in zip(study.tasks, ns, strict=True))) / k  # type: ignore[operator]
+    both = math.hypot(se_d, se_c)
+    return se_d, se_c, (dense - constant) / both if both > 0 else math.inf
 
 
 def correlation_lines(study: Study) -> list[str]:

@@ -280,7 +280,12 @@ def test_accuracies_are_read_against_chance_and_the_best_constant_answer(study: 
     text = "\n".join(summary_section(s))
     assert "a random guess averages 0.500 and always giving the best answer position (in hindsight, per task) 0.660" \
         in text
-    assert ("  - m: dense 0.700, +0.200 above chance; of its 2 pruned plans with lm-eval results, 1 score no more "
+    # dense piqa 0.8, boolq 0.6; constant 0.54, 0.78; 50 questions each:
+    # SE dense √(0.8·0.2/50 + 0.6·0.4/50)/2 = 0.0447, constant √(0.54·0.46/50 + 0.78·0.22/50)/2 = 0.0458,
+    # margin 0.040 / hypot(0.0447, 0.0458) = 0.62
+    assert ("  - m: dense 0.700, +0.200 above chance; against the best constant answer: dense 0.700 ± 0.045 vs "
+            "0.660 ± 0.046 (binomial standard errors of the average over the scored questions), +0.040 = 0.6 combined "
+            "standard errors; of its 2 pruned plans with lm-eval results, 1 score no more "
             "than the best constant answer and 0 are within ±0.050 of chance.") in text
     assert "random guess" not in "\n".join(summary_section(study))  # no baseline run, no claim
     spec = parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}},
