@@ -14,7 +14,7 @@ from blockprune.study.figures import FLOORS, curve_figure, dropped_figure, save_
 from blockprune.study.markdown import block_list, fmt, short, table
 from blockprune.study.record import method_id, plan_key
 from blockprune.study.spec import StudySpec
-from blockprune.study.tables import Row, Study, _estimator_label, geomean
+from blockprune.study.tables import VARIANTS, Row, Study, _estimator_label, display, geomean
 
 
 def headline(study: Study, granularity: str = "layer") -> list[str]:
@@ -202,6 +202,7 @@ def cost_section(study: Study, spec: StudySpec) -> list[str]:
         rows.append([m or "", f"{corpus} seed {seed}", fmt(c.metrics.get("capture_seconds"), 1),
                      f"{c.metrics.get('tokens_calibrated', 0):,.0f}", fmt(secs, 1), f"`{short(c.run_id)}`"])
     lines += table(hdr, rows) + [""]
+    lines += estimator_cost_lines(study)
     lines += ["Exact MI scores computed per selection (mean over calibrations): Fast-Block-Select against brute "
               "force, the number MI-PRUN's Fast-Block-Select exists to cut.", ""]
     ests = study.mi_estimators() or ["mi.ksg"]
@@ -224,6 +225,39 @@ def cost_section(study: Study, spec: StudySpec) -> list[str]:
     lines += table(hdr, rows) + [""]
     lines += time_lines(study, spec)
     return lines
+
+
+def _estimator_of(mid: str) -> str:
+    """The score a row's selections read: its estimator with any parameters (a raw-scale KSG fills a cache of its
+    own), or the method itself for statistics gathered while capturing (BI, angular distance, ...)."""
+    base, _, params = mid.partition("[")
+    method, _, est = base.partition("/")
+    return (est or method) + (f"[{params}" if params else "")
+
+
+def estimator_cost_lines(study: Study) -> list[str]:
+    """Scoring seconds per estimator and calibration: what each score costs on its own, since the selections of
+    one estimator share its cache (the first pays for the scores, the others mostly read them)."""
+    per: dict[tuple[str, str], dict[tuple[str, int], list[float]]] = {}
+    for sel in study.selections:
+        cell = per.setdefault((sel.model, _estimator_of(sel.method)), {})
+        cell.setdefault((sel.corpus, sel.seed), []).append(sel.scoring_seconds)
+    if not per:
+        return []
+    rows = []
+    for (m, est), by_cal in per.items():
+        totals = [sum(v) for v in by_cal.values()]
+        base, _, params = est.partition("[")
+        name = (_estimator_label(base) if "." in base else display(base)) + (
+            f" · {VARIANTS.get(params.removesuffix(']'), params)}" if params else "")
+        rows.append((m, -sum(totals) / len(totals), [
+            m, name, f"{sum(len(v) for v in by_cal.values()) / len(by_cal):.0f}", fmt(sum(totals) / len(totals), 1),
+            fmt(max(totals), 1), str(len(by_cal))]))
+    rows.sort(key=lambda r: (r[0], r[1]))  # per model, the most expensive first
+    return ["Scoring and selection seconds per estimator and calibration (all selections that read it; the "
+            "first fills the store's score cache, the rest mostly read it), mean and maximum over calibrations:",
+            "", *table(["model", "estimator", "selections per calibration", "s per calibration", "max s",
+                        "calibrations"], [r[2] for r in rows]), ""]
 
 
 def _mean(vals: list[float]) -> float | None:

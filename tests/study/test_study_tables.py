@@ -477,6 +477,11 @@ def test_exact_scores_per_mi_estimator_when_there_are_two(study: Study, tmp_path
     spec = parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}}, "methods": {"layer": ["shortgpt"]}})
     one = "\n".join(cost_section(study, spec))
     assert "| model | n_prune | greedy | FBS | brute force | FBS = brute? |" in one
+    # per estimator: every selection took 1.5 s; KSG's two (FBS, brute force) share calibration a/0 → 3.0 s there,
+    # the most expensive first; ShortGPT's BI one selection on each of 3 calibrations
+    lines = one.splitlines()
+    ksg, bi = lines.index("| m | KSG | 2 | 3.0 | 3.0 | 1 |"), lines.index("| m | ShortGPT (BI) | 1 | 1.5 | 1.5 | 3 |")
+    assert ksg < bi
     assert "| m | 2 | – | 11.0 | 17.0 | 1/1 |" in one
     from dataclasses import replace
 
