@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from blockprune.selection.methods import METHODS
 from blockprune.study.markdown import fmt
@@ -26,27 +27,40 @@ def noise_text(study: Study) -> str:
             "ties; perplexity is the sharper signal.")
 
 
-def summary_section(study: Study) -> list[str]:
-    """Sentences computed from the rows: winners per cell and the papers' claims, counted."""
-    lines = ["## Summary (generated from the tables below)", ""]
-    claims: dict[str, list[bool]] = {"entro": [], "mi": [], "mi_vs_entro": [], "entro_ref": [], "mi_ref": [],
-                                     "mi_vs_entro_ref": []}
-    claims_acc: dict[str, list[float]] = {"entro": [], "mi": [], "entro_ref": [], "mi_ref": []}  # best − ShortGPT
-    wins: list[tuple[str, str, int, Row, Row]] = []  # (model, granularity, n, best of a family, ShortGPT)
-    cells: list[list[Row]] = []
+@dataclass
+class ClaimCounts:
+    """The papers' claims per (model, granularity, n_prune) cell of the reference plans: ``claims`` holds, per
+    claim, one bool per cell where it can be judged (lower perplexity than ShortGPT / than EntroDrop);
+    ``acc`` the best average accuracy minus ShortGPT's. Keys: ``entro``, ``mi``, ``mi_vs_entro`` for the best
+    of every reading of a method, the same with ``_ref`` for the method as its authors ran it."""
+
+    claims: dict[str, list[bool]] = field(default_factory=lambda: {k: [] for k in (
+        "entro", "mi", "mi_vs_entro", "entro_ref", "mi_ref", "mi_vs_entro_ref")})
+    acc: dict[str, list[float]] = field(default_factory=lambda: {k: [] for k in (
+        "entro", "mi", "entro_ref", "mi_ref")})
+    wins: list[tuple[str, str, int, Row, Row]] = field(default_factory=list)  # (model, gran, n, best, ShortGPT)
+    cells: list[list[Row]] = field(default_factory=list)
+    winners: list[tuple[str, str, int, Row, Row | None]] = field(default_factory=list)  # lowest ppl, best acc
+
+    @property
+    def authors(self) -> bool:
+        """Whether the study has rows of the methods as their authors ran them."""
+        return bool(self.claims["entro_ref"] or self.claims["mi_ref"])
+
+
+def count_claims(study: Study) -> ClaimCounts:
+    """Every cell's winners and the papers' claims, counted from the same rows the tables print."""
+    out = ClaimCounts()
+    claims, claims_acc = out.claims, out.acc
     for m in study.models:
         for gran in ("layer", "attention"):
             for n in study.cells(m, gran):
                 rows = study.rows(m, gran, n)
-                cells.append(rows)
+                out.cells.append(rows)
                 best = _best(rows, "ppl_ratio")
-                best_acc = _best(rows, "avg_acc")
                 if best is None:
                     continue
-                text = f"- **{m}, {n} {gran}s**: lowest perplexity: {study.name(best.method)} (ppl× {fmt(best.ppl_ratio)})"
-                if best_acc is not None:
-                    text += f"; best average accuracy: {study.name(best_acc.method)} ({fmt(best_acc.avg_acc, 3)})"
-                lines.append(text)
+                out.winners.append((m, gran, n, best, _best(rows, "avg_acc")))
                 by = {r.method: r for r in rows}
                 sg = by.get("shortgpt")
                 entro, mi = ([r for r in rows if family(r.method) == f and r.ppl_ratio is not None]
@@ -64,12 +78,25 @@ def summary_section(study: Study) -> list[str]:
                                 top = max(scored, key=lambda r: r.avg_acc)  # type: ignore[arg-type,return-value]
                                 claims_acc[fam].append(top.avg_acc - sg.avg_acc)  # type: ignore[operator]
                                 if fam in ("entro", "mi"):
-                                    wins.append((m, gran, n, top, sg))
+                                    out.wins.append((m, gran, n, top, sg))
                 for suffix in ("", "_ref"):
                     a, b = groups["mi" + suffix], groups["entro" + suffix]
                     if a and b:
                         claims["mi_vs_entro" + suffix].append(min(r.ppl_ratio for r in a)  # type: ignore[type-var]
                                                               < min(r.ppl_ratio for r in b))  # type: ignore[type-var]
+    return out
+
+
+def summary_section(study: Study) -> list[str]:
+    """Sentences computed from the rows: winners per cell and the papers' claims, counted."""
+    lines = ["## Summary (generated from the tables below)", ""]
+    counted = count_claims(study)
+    claims, claims_acc, wins, cells = counted.claims, counted.acc, counted.wins, counted.cells
+    for m, gran, n, best, best_acc in counted.winners:
+        text = f"- **{m}, {n} {gran}s**: lowest perplexity: {study.name(best.method)} (ppl× {fmt(best.ppl_ratio)})"
+        if best_acc is not None:
+            text += f"; best average accuracy: {study.name(best_acc.method)} ({fmt(best_acc.avg_acc, 3)})"
+        lines.append(text)
     lines.append("")
 
     def count(v: list[bool]) -> str:
@@ -97,7 +124,7 @@ def summary_section(study: Study) -> list[str]:
     lines += [
         "The papers' claims, counted over the (model, granularity, n_prune) cells above, on the reference "
         "calibration's plans (perplexity: geometric mean over the evaluation corpora):", ""]
-    if claims["entro_ref"] or claims["mi_ref"]:  # each method as its authors ran it; the variants after
+    if counted.authors:  # each method as its authors ran it; the variants after
         lines += [
             "- *EntroDrop beats ShortGPT's BI*, EntroDrop as its authors ran it (the method's default reading, "
             f"lower perplexity): holds in {count(claims['entro_ref'])} cells" + count_acc(claims_acc["entro_ref"])
@@ -250,7 +277,7 @@ def floor_lines(study: Study) -> list[str]:
         accs = [a for k, ev in study.evaluations.items() if k.startswith(f"{m}|") and k != plan_key(m, "", None)
                 and (a := study.avg_accuracy(ev)) is not None]
         text = f"  - {m}: dense {fmt(dense, 3)}, {dense - chance:+.3f} above chance"
-        margin = _margin_over_constant(study, m)
+        margin = margin_over_constant(study, m)
         if margin is not None:
             se_d, se_c, z = margin
             text += (f"; against the best constant answer: dense {fmt(dense, 3)} ± {se_d:.3f} vs {fmt(constant, 3)} ± "
@@ -265,7 +292,7 @@ def floor_lines(study: Study) -> list[str]:
     return out
 
 
-def _margin_over_constant(study: Study, model: str) -> tuple[float, float, float] | None:
+def margin_over_constant(study: Study, model: str) -> tuple[float, float, float] | None:
     """(standard error of the dense average accuracy, of the best constant answer's, margin ÷ their combined
     error): whether the dense model answers better than a guess in hindsight, with the noise of the limited
     question counts, is the question the accuracies stand on. Each task's error is √(p(1 − p)/n)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from blockprune.study.claims import noise_text, reference_reading, summary_section
+from blockprune.study.contrast import contrast_section
 from blockprune.study.heal import heal_rows, heal_section
 from blockprune.study.record import RunRecord, StudyLog, export
 from blockprune.study.sections import (
@@ -28,7 +29,7 @@ from blockprune.study.sections import (
     model_section,
     stability_section,
 )
-from blockprune.study.spec import StudySpec, validate
+from blockprune.study.spec import StudySpec, load_spec, validate
 from blockprune.study.tables import Study, family
 
 
@@ -111,6 +112,18 @@ def readings_text(study: Study, spec: StudySpec) -> list[str]:
             "papers' claims on the first and reports the best of all readings separately.", ""]
 
 
+def contrast_lines(study: Study, spec: StudySpec) -> list[str]:
+    """The spec's ``compare_with`` study, read from its committed report's ``runs.json`` (paths from the
+    checkout), set against this one (:mod:`blockprune.study.contrast`)."""
+    if spec.compare_with is None:
+        return []
+    report, spec_path = spec.compare_with
+    ledger = Path(report).parent / Path(report).stem.lower() / "runs.json"
+    if not ledger.is_file() or not Path(spec_path).is_file():
+        return [f"## Compared with {report}", "", f"Not available here: {ledger} or {spec_path} is missing.", ""]
+    return contrast_section(study, study_from_runs(load_spec(spec_path), ledger_runs(ledger)), report)
+
+
 def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, rel_dir: str, command: str,
            n_blocks: dict[str, int], out: Path | None = None) -> str:
     """The page; ``out`` (the report's path) places the links of the spec's ``see_also`` reports."""
@@ -167,6 +180,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
     lines += readings_text(study, spec)
     lines += headline(study, "layer") + headline(study, "attention")
     lines += summary_section(study)
+    lines += contrast_lines(study, spec)
     lines += budget_section(study)
     lines += correlation_section(study, fig_dir, rel_dir)
     for m in study.models:

@@ -28,7 +28,7 @@ from blockprune.selection.plan import CalibrationSettings
 from blockprune.study.record import method_id
 
 SPEC_KEYS = {"name", "quick", "models", "calibration", "capture", "methods", "evaluation", "tracking", "dtype",
-             "store_root", "heal", "report", "see_also"}
+             "store_root", "heal", "report", "see_also", "compare_with"}
 MODEL_KEYS = {"layer", "attention", "capture"}
 CAL_KEYS = {"corpora", "seeds", "pairs", "n_samples", "seq_len"}
 EVAL_KEYS = {"corpora", "windows", "seq_len", "batch_size", "tasks", "lm_eval_scope", "lm_eval_dtype"}
@@ -138,6 +138,7 @@ class StudySpec:
     heal: StudyHeal | None = None  # not in the fingerprint: each heal run's key names its settings
     report: str | None = None  # the report's default path (None: docs/RESULTS.md or RESULTS-quick.md)
     see_also: tuple[str, ...] = ()  # other reports (paths from the checkout) the report's header links
+    compare_with: tuple[str, str] | None = None  # (another report, its spec): "Compared with" section
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -252,6 +253,18 @@ def _paths(v: Any, where: str) -> tuple[str, ...]:
     return tuple(vals)
 
 
+def _compare_with(v: Any) -> tuple[str, str] | None:
+    """``{report: docs/RESULTS.md, spec: blockprune/jobs/configs/study.yaml}``: the study to contrast with (its
+    runs are read from the report's ``runs.json``)."""
+    if v is None:
+        return None
+    v = _keys(v if isinstance(v, dict) else {"?": v}, {"report", "spec"}, "compare_with")
+    paths = (v.get("report"), v.get("spec"))
+    if not all(isinstance(p, str) and p for p in paths):
+        raise StudySpecError(f"compare_with needs a report and a spec path, got {v!r}")
+    return paths  # type: ignore[return-value]
+
+
 def parse_spec(d: dict[str, Any], source: str = "") -> StudySpec:
     """Structure and types only; :func:`validate` checks names against the registries and models."""
     d = _keys(d, SPEC_KEYS, "the study spec")
@@ -298,6 +311,7 @@ def parse_spec(d: dict[str, Any], source: str = "") -> StudySpec:
             experiment=str(tracking.get("experiment", "blockprune-study")), quick=bool(d.get("quick", False)),
             dtype=str(d.get("dtype", "float32")), store_root=d.get("store_root"), heal=_heal(d.get("heal"), evaluation),
             report=(_paths(d.get("report"), "report") or (None,))[0], see_also=_paths(d.get("see_also"), "see_also"),
+            compare_with=_compare_with(d.get("compare_with")),
             source=source, raw=d,
         )
     except (TypeError, ValueError) as e:
