@@ -13,7 +13,7 @@ from blockprune.study.tables import geomean
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 SPECS = {"RESULTS.md": (False, False), "RESULTS-quick.md": (True, False),  # report → (quick, qwen) spec
-         "RESULTS-qwen-quick.md": (True, True)}
+         "RESULTS-qwen-quick.md": (True, True), "RESULTS-qwen.md": (False, True)}
 REPORTS = list(SPECS)
 
 
