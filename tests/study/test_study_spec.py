@@ -100,7 +100,11 @@ def test_qwen_specs_reference_modes_variants_and_healing() -> None:
     assert full.heal is not None and full.heal.n_prune == (6, 8) and full.heal.granularity == "layer"
     assert full.report == "docs/RESULTS-qwen.md" and "docs/RESULTS.md" in full.see_also
     assert quick.report == "docs/RESULTS-qwen-quick.md" and quick.see_also[0] == "docs/RESULTS-qwen.md"
-    assert load_spec(default_spec_path(False)).see_also == () and load_spec(default_spec_path(False)).report is None
+    small = load_spec(default_spec_path(False))  # the small study links both ways, and keeps its default path
+    assert small.see_also == ("docs/RESULTS-quick.md", "docs/RESULTS-qwen.md") and small.report is None
+    # each Qwen report sets itself against its small twin ("Compared with")
+    assert full.compare_with == ("docs/RESULTS.md", "blockprune/jobs/configs/study.yaml")
+    assert quick.compare_with == ("docs/RESULTS-quick.md", "blockprune/jobs/configs/study-quick.yaml")
 
 
 @pytest.mark.slow
