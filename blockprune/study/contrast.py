@@ -67,8 +67,8 @@ def contrast_section(here: Study, other: Study, other_name: str) -> list[str]:
     rows.append(["dense average accuracy above the best constant answer (combined standard errors)",
                  "; ".join(f"{m} {z:.1f}" for m, z in za.items()) or "–",
                  "; ".join(f"{m} {z:.1f}" for m, z in zb.items()) or "–"])
-    rho = [{m: study.ppl_accuracy_correlation(m, study.measured_plans(m))["avg"] for m in study.models
-            if len(study.measured_plans(m)) >= 3} for study in (other, here)]
+    rho = [{m: study.ppl_accuracy_correlation(m, plans)["avg"] for m in study.models
+            if len(plans := study.measured_plans(m)) >= 3} for study in (other, here)]
     rows.append(["Spearman ρ, perplexity vs average accuracy over plans",
                  *("; ".join(f"{m} {fmt(v)}" for m, v in r.items()) or "–" for r in rho)])
     rows.append(["lowest perplexity in the most layer cells", _winners(other, a), _winners(here, b)])
