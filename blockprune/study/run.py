@@ -48,6 +48,7 @@ from blockprune.study.record import (
     plan_key,
     trial_key,
 )
+from blockprune.study.replay import StageReplay, same_numbers, stage_replay
 from blockprune.study.report import study_from_runs
 from blockprune.study.spec import ModelGrid, StudySpec, validate
 
@@ -188,6 +189,7 @@ class _ModelEval:
     info: dict[str, tuple[str, tuple[int, ...]]]
     run_ids: dict[str, str]
     windows: dict[str, Any] | None = None
+    replay: StageReplay | None = None
 
     def build(self, key: str) -> contextlib.AbstractContextManager[Any]:
         """``with me.build(key) as net:`` the dense model, or the plan applied in place and undone on exit
@@ -200,6 +202,24 @@ class _ModelEval:
         return applied(self.model, PrunePlan(model_id=self.resolved.name, revision=self.resolved.revision,
                                              n_blocks=self.n_layers, blocks=b, granularity=g,  # type: ignore[arg-type]
                                              method="study"))
+
+    def prefix(self, key: str, net: Any) -> contextlib.AbstractContextManager[Any]:
+        """Inside :meth:`build`: the dense model records its hidden states when the stage's recording is not
+        finished yet; a plan replays them (``None`` stats when the spec does not ask for replay)."""
+        if self.replay is None:
+            return contextlib.nullcontext(None)
+        if key.endswith(f"|{DENSE}"):
+            return contextlib.nullcontext(None) if self.replay.covered() else self.replay.record(net)
+        return self.replay.replay(net)
+
+    def perplexities(self, net: Any, ev: Any) -> dict[str, float]:
+        if self.windows is None:
+            self.windows = {c: heldout_windows(self.tokenizer, load_corpus(c), ev.seq_len, ev.windows)
+                            for c in ev.corpora}
+        from blockprune.evaluation.perplexity import chunk_perplexity
+
+        return {f"ppl.{c}": chunk_perplexity(net, w, batch_size=ev.batch_size, progress=False).perplexity
+                for c, w in self.windows.items()}
 
 
 def _ppl_order(run: RunRecord | None, corpora: tuple[str, ...]) -> float:
@@ -226,7 +246,6 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
     "tasks": lm-eval of every plan in the spec's ``lm_eval_scope``. lm-eval alternates between models and
     takes a model's plans from the lowest perplexity up (:func:`_ppl_order`)."""
     from blockprune.evaluation.cost import count_parameters
-    from blockprune.evaluation.perplexity import chunk_perplexity
 
     ev = spec.evaluation
     tasks_tag = ev.tasks_tag
@@ -255,9 +274,16 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
         if m.name not in models:
             models[m.name] = load_model(m.name, dtype=spec.dtype)[0]
         model = models[m.name]
-        ctx[m.name] = _ModelEval(m.name, model, load_tokenizer(resolved), resolved,
-                                 adapter_for(model).n_layers(model.config),
-                                 {k: (g, b) for k, g, b, _ in plans}, {k: r.run_id for k, r in done.items()})
+        me = ctx[m.name] = _ModelEval(m.name, model, load_tokenizer(resolved), resolved,
+                                      adapter_for(model).n_layers(model.config),
+                                      {k: (g, b) for k, g, b, _ in plans}, {k: r.run_id for k, r in done.items()})
+        me.replay = stage_replay(m.name, resolved.revision, spec, "ppl" if stage.startswith("ppl") else "tasks",
+                                 [me.info[k][1] for _, k in todo if k != dense])
+        if me.replay is not None and not me.replay.covered():
+            if any(k == dense for _, k in todo):
+                todo.sort(key=lambda w: w[1] != dense)  # the dense pass records what the plans replay
+            elif len(todo) >= 2:
+                todo.insert(0, ("record", dense))  # evaluated in an earlier piece: one pass to record
         work.append([(m.name, *w) for w in todo])
 
     for name, what, k in _interleave(work) if stage.startswith("tasks") else [w for x in work for w in x]:
@@ -266,16 +292,15 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
             return
         me = ctx[name]
         t0 = time.perf_counter()
+        if what == "record":
+            _record_dense(me, k, stage, ev, slog, done.get(k), echo)
+            continue
         if what == "ppl":
-            if me.windows is None:
-                me.windows = {c: heldout_windows(me.tokenizer, load_corpus(c), ev.seq_len, ev.windows)
-                              for c in ev.corpora}
-            with me.build(k) as net:
-                metrics = {f"ppl.{c}": chunk_perplexity(net, w, batch_size=ev.batch_size, progress=False).perplexity
-                           for c, w in me.windows.items()}
+            with me.build(k) as net, me.prefix(k, net) as rep:
+                metrics = me.perplexities(net, ev)
                 params = count_parameters(net)
             metrics |= {"params_total": float(params["total"]), "params_per_token": float(params["per_token"]),
-                        "ppl_seconds": time.perf_counter() - t0}
+                        "ppl_seconds": time.perf_counter() - t0} | _replay_metrics(me, k, rep, "ppl", t0)
             g, b = me.info.get(k, ("dense", ()))
             rid = slog.start("evaluation", k, k, {"model": name, "granularity": g, "blocks": blocks_text(b),
                                                    "n_prune": len(b), "plan_key": k})
@@ -285,12 +310,40 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
             state.evaluations += 1
             echo(f"[study] {k}: perplexity " + ", ".join(f"{c} {metrics[f'ppl.{c}']:.2f}" for c in me.windows))
         else:
-            with me.build(k) as net:
+            with me.build(k) as net, me.prefix(k, net) as rep:
                 metrics = _lm_eval(net, me.tokenizer, ev)
             metrics["lm_eval_seconds"] = time.perf_counter() - t0
+            metrics |= _replay_metrics(me, k, rep, "lm_eval", t0)
             slog.log(me.run_ids[k], metrics, tags={"tasks_done": tasks_tag})
             state.lm_evals += 1
             echo(f"[study] {k}: lm-eval done in {metrics['lm_eval_seconds']:.0f} s")
+
+
+def _replay_metrics(me: _ModelEval, key: str, rep: Any, prefix: str, t0: float) -> dict[str, float]:
+    """How much of a plan's pass was replayed; for the dense pass that recorded, the recording is marked done."""
+    if rep is None or me.replay is None:
+        return {}
+    if key.endswith(f"|{DENSE}"):
+        me.replay.mark(rep, time.perf_counter() - t0)
+        return {f"{prefix}_recorded_files": float(rep.saved)}
+    return {f"{prefix}_replayed_layers": float(rep.skipped_layers), f"{prefix}_replay_misses": float(rep.misses)}
+
+
+def _record_dense(me: _ModelEval, key: str, stage: str, ev: Any, slog: StudyLog, logged: RunRecord | None,
+                  echo: Echo) -> None:
+    """One dense pass that only records (the dense model was evaluated in an earlier piece); its numbers are
+    checked against the logged ones, which they equal unless the machine or libraries changed."""
+    assert me.replay is not None
+    t0 = time.perf_counter()
+    with me.replay.record(me.model) as rec:
+        fresh = me.perplexities(me.model, ev) if stage.startswith("ppl") else _lm_eval(me.model, me.tokenizer, ev)
+    seconds = time.perf_counter() - t0
+    me.replay.mark(rec, seconds)
+    differ = same_numbers(logged.metrics if logged is not None else {}, fresh)
+    slog.log(me.run_ids[key], {f"{'ppl' if stage.startswith('ppl') else 'lm_eval'}_record_seconds": seconds})
+    echo(f"[study] {key}: recorded the dense hidden states after layers {list(me.replay.layers)} "
+         f"({rec.saved} files, {seconds:.0f} s); "
+         + (f"recomputed metrics differ from the logged run: {differ}" if differ else "numbers equal the logged run's"))
 
 
 def _tasks_by_limit(ev: Any) -> dict[int | None, list[str]]:

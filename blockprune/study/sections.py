@@ -312,4 +312,16 @@ def time_lines(study: Study, spec: StudySpec) -> list[str]:
     tail = [f"At these rates the whole grid takes ≈ {fmt(whole_total, 1)} h of study time on this machine, "
             "plus model loading between plans and the once-per-machine set-up (corpora, lm-eval data).", ""] \
         if whole_total else []
-    return lines + table(hdr, rows) + [""] + tail
+    return lines + table(hdr, rows) + [""] + tail + _replay_note(study)
+
+
+def _replay_note(study: Study) -> list[str]:
+    """Says when per-plan times are with the dense prefix replayed (they are then not a full pass's)."""
+    out = []
+    for what, metric in (("perplexity", "ppl_replayed_layers"), ("lm-eval", "lm_eval_replayed_layers")):
+        n = [e.metrics[metric] for e in study.evaluations.values() if metric in e.metrics]
+        if n:
+            out.append(f"{len(n)} plans' {what} started from the dense model's recorded hidden states "
+                       f"(`replay_dense_prefix`), skipping on average {fmt(sum(n) / len(n), 1)} unchanged layers; "
+                       "their times above are those shorter passes, the dense model's includes the recording.")
+    return [" ".join(out), ""] if out else []

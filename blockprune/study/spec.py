@@ -31,7 +31,8 @@ SPEC_KEYS = {"name", "quick", "models", "calibration", "capture", "methods", "ev
              "store_root", "heal", "report", "see_also", "compare_with"}
 MODEL_KEYS = {"layer", "attention", "capture"}
 CAL_KEYS = {"corpora", "seeds", "pairs", "n_samples", "seq_len"}
-EVAL_KEYS = {"corpora", "windows", "seq_len", "batch_size", "tasks", "lm_eval_scope", "lm_eval_dtype"}
+EVAL_KEYS = {"corpora", "windows", "seq_len", "batch_size", "tasks", "lm_eval_scope", "lm_eval_dtype",
+             "replay_dense_prefix"}
 SCOPES = ("all", "reference")
 LM_EVAL_DTYPES = ("float32", "bfloat16", "float16")
 HEAL_STUDY_KEYS = {"n_prune", "granularity", "keep_merged"}  # the study's own keys of ``heal:``; the rest is HealConfig's
@@ -94,6 +95,7 @@ class StudyEval:
     tasks: tuple[tuple[str, int | None], ...] = ()  # (task, limit); None = the full set
     lm_eval_scope: str = "all"  # "reference": lm-eval only on the reference calibration's plans
     lm_eval_dtype: str = "float32"  # autocast dtype of the lm-eval forward passes (log-softmax in float32)
+    replay_dense_prefix: bool = False  # start each plan at its first changed layer (blockprune.study.replay)
 
     @property
     def docs_tag(self) -> str:
@@ -147,9 +149,10 @@ class StudySpec:
         """Identifies what every run's numbers depend on beyond its key (capture, evaluation, dtype): runs
         made under other settings are never mixed in, while growing the grid (models, methods, block counts,
         corpora, seeds: all part of the run keys) keeps every finished run. lm-eval's dtype is left out: it
-        is in each run's ``tasks_done`` tag, so changing it redoes lm-eval and nothing else."""
+        is in each run's ``tasks_done`` tag, so changing it redoes lm-eval and nothing else. Prefix replay is
+        left out too: it changes only the time a plan takes."""
         evaluation = asdict(self.evaluation)
-        del evaluation["lm_eval_dtype"]
+        del evaluation["lm_eval_dtype"], evaluation["replay_dense_prefix"]
         payload = json.dumps({"capture": key_settings(self.capture), "evaluation": evaluation,
                               "dtype": self.dtype}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
@@ -179,6 +182,12 @@ class StudySpec:
 
 def _keys(d: Any, allowed: set[str], where: str) -> dict[str, Any]:
     return check_keys(d, allowed, where, StudySpecError)
+
+
+def _flag(v: Any, where: str) -> bool:
+    if not isinstance(v, bool):
+        raise StudySpecError(f"{where} must be true or false, got {v!r}")
+    return v
 
 
 def _ints(v: Any, where: str) -> tuple[int, ...]:
@@ -301,7 +310,9 @@ def parse_spec(d: dict[str, Any], source: str = "") -> StudySpec:
     evaluation = StudyEval(corpora=tuple(str(c) for c in (ev.get("corpora") or corpora)),
                            windows=int(ev.get("windows", 16)), seq_len=int(ev.get("seq_len", 256)),
                            batch_size=int(ev.get("batch_size", 8)), tasks=_tasks(ev.get("tasks")),
-                           lm_eval_scope=scope, lm_eval_dtype=lm_dtype)
+                           lm_eval_scope=scope, lm_eval_dtype=lm_dtype,
+                           replay_dense_prefix=_flag(ev.get("replay_dense_prefix", False),
+                                                     "evaluation.replay_dense_prefix"))
     tracking = _keys(d.get("tracking") or {}, {"experiment"}, "tracking")
     try:
         spec = StudySpec(
