@@ -164,6 +164,10 @@ def heal_rows(study: Study, heal: StudyHeal) -> list[tuple[HealTarget, RunRecord
     return [(t, by_key.get(heal_key(t.plan_key, heal))) for t in heal_targets(study, heal)]
 
 
+PRECISION_TEXT = {"bf16-mixed": "; float32 weights and optimizer, forward and backward under bf16 autocast",
+                  "bf16-true": "; weights and compute in bf16", "16-mixed": "; forward and backward under fp16 autocast"}
+
+
 def heal_section(study: Study, spec: StudySpec) -> list[str]:
     """"What healing recovers": before / after per healed plan, the share of the log-perplexity gap to the
     dense model it closes, the budget, and what it all cost."""
@@ -179,7 +183,7 @@ def heal_section(study: Study, spec: StudySpec) -> list[str]:
              f"{', '.join(map(str, heal.n_prune))} {heal.granularity} blocks, LoRA-healed (rank {cfg.lora.rank}, "
              f"α {cfg.lora.alpha:g}, lr {cfg.lr:g}, {cfg.total_steps} steps × {cfg.batch_size} × {cfg.seq_len} = "
              f"{cfg.budget_tokens:,} tokens of the training split of {', '.join(cfg.corpora)}; never the held-out "
-             "documents). *ppl× before / after*: perplexity ÷ dense, geometric mean over "
+             f"documents{PRECISION_TEXT.get(cfg.precision, '')}). *ppl× before / after*: perplexity ÷ dense, geometric mean over "
              f"{', '.join(cfg.evaluation_corpora)}, measured by the healing run on {cfg.eval_windows} held-out "
              f"windows of {cfg.seq_len} tokens. *log-gap recovered*: 1 − log(ppl× after) / log(ppl× before), the "
              "share of the distance to the dense model (in log perplexity) healing closes; 100% = back to dense.",
