@@ -151,7 +151,7 @@ def summary_section(study: Study) -> list[str]:
         ]
     if noise is not None:
         lines += _accuracy_wins(study, wins, noise[1])
-    lines += all_calibration_claims(cells, None if noise is None else noise[1])
+    lines += all_calibration_claims(cells, None if noise is None else noise[1], counted.authors)
     lines += floor_lines(study)
     lines += correlation_lines(study)
     stab = []
@@ -196,16 +196,15 @@ def _over_calibrations(r: Row) -> tuple[float, float] | None:
     return geomean(r.ppl_ratio_all), sum(r.acc_all) / len(r.acc_all)
 
 
-def all_calibration_claims(cells: Sequence[Sequence[Row]], noise: float | None) -> list[str]:
+def all_calibration_claims(cells: Sequence[Sequence[Row]], noise: float | None, authors: bool) -> list[str]:
     """The papers' claims counted again over ``cells`` (each cell's rows, as ``Study.rows`` gives them) with
     each method judged by all its calibrations' plans, not by the reference calibration's alone. Why: one
     calibration is one draw; a plan that wins only on it is luck of the corpus and seed, and the stability
-    tables show such plans differ from draw to draw."""
+    tables show such plans differ from draw to draw. ``authors`` (:attr:`ClaimCounts.authors`): judge each
+    method as its authors ran it, as the summary's first claims do, else by every reading."""
     ppl: dict[str, list[bool]] = {"entro": [], "mi": [], "mi_vs_entro": []}
     acc: dict[str, list[float]] = {"entro": [], "mi": []}
     k = 0
-    # as the authors ran them where the study has those rows (as the summary's first claims), else every reading
-    authors = any(reference_reading(r.method) and family(r.method) != "base" for rows in cells for r in rows)
     for rows in cells:
         rows = [r for r in rows if not authors or family(r.method) == "base" or reference_reading(r.method)]
         sg = next((r for r in rows if r.method == "shortgpt"), None)

@@ -390,7 +390,7 @@ def test_time_lines_give_what_is_left_and_the_whole_grid_at_the_measured_rates()
 def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
     """Two calibrations. ShortGPT's plans: ppl× 2.83 and 2.83, acc 0.6 and 0.5; EntroDrop's 1.5 and 3 (geomean
     2.12), acc 0.7 and 0.4 (mean 0.55, a tie); MI-PRUN's 1.5 and 2.83 (2.06), acc 0.7 and 0.6 (+0.10 > ±0.05)."""
-    from blockprune.study.claims import all_calibration_claims
+    from blockprune.study.claims import all_calibration_claims, count_claims
 
     runs = [
         _sel(1, "a", 0, "shortgpt", None, 2, (3, 4)), _sel(2, "b", 0, "shortgpt", None, 2, (3, 5)),
@@ -405,7 +405,8 @@ def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
     s = Study.from_runs(runs, TASKS, CORPORA, [MODEL])
     noise = s.accuracy_noise()
     assert noise is not None and noise[1] == pytest.approx(0.05)  # √(2 × 0.25/50) / 2
-    (line,) = all_calibration_claims([s.rows(MODEL, "layer", 2)], noise[1])
+    assert not count_claims(s).authors
+    (line,) = all_calibration_claims([s.rows(MODEL, "layer", 2)], noise[1], authors=False)
     assert "over all 2 calibrations" in line
     assert "EntroDrop beats ShortGPT in 1 of 1 cells by perplexity and 0 by average accuracy (0 beyond ±0.050)" in line
     assert "MI-PRUN beats ShortGPT in 1 of 1 cells by perplexity and 1 by average accuracy (1 beyond ±0.050)" in line
@@ -413,13 +414,14 @@ def test_claims_over_all_calibrations_judge_each_method_by_every_plan() -> None:
     # one calibration's plan without lm-eval: that method is not judged on a partial mean, and the cell drops out
     partial = Study.from_runs([*runs[:-1], _eval(5, plan_key(MODEL, "layer", (6, 7)), 30.0, 60.0)], TASKS, CORPORA,
                               [MODEL])
-    (line,) = all_calibration_claims([partial.rows(MODEL, "layer", 2)], 0.05)
+    (line,) = all_calibration_claims([partial.rows(MODEL, "layer", 2)], 0.05, authors=False)
     assert "EntroDrop" not in line.split(": ", 1)[1] and "MI-PRUN beats ShortGPT in 1 of 1" in line
     # EntroDrop as its authors ran it (default estimator) chose (3, 5) on both: no better than ShortGPT, while
     # the variant above wins; once the study has such rows, the claim is judged on them, not the best variant
     ref = Study.from_runs([*runs, _sel(7, "a", 0, "entrodrop", "entropy.knn_window", 2, (3, 5)),
                            _sel(8, "b", 0, "entrodrop", "entropy.knn_window", 2, (3, 5))], TASKS, CORPORA, [MODEL])
-    (line,) = all_calibration_claims([ref.rows(MODEL, "layer", 2)], 0.05)
+    assert count_claims(ref).authors
+    (line,) = all_calibration_claims([ref.rows(MODEL, "layer", 2)], 0.05, authors=True)
     assert "each method as its authors ran it" in line
     assert "EntroDrop beats ShortGPT in 0 of 1 cells by perplexity and 0 by average accuracy" in line
 
