@@ -85,8 +85,9 @@ def contrast_section(here: Study, other: Study, other_name: str) -> list[str]:
     if za and zb and (max(za.values()) >= READABLE) != (max(zb.values()) >= READABLE):
         here_ok = max(zb.values()) >= READABLE
         changed.append(f"the dense model's accuracy {'clears' if here_ok else 'does not clear'} the best constant "
-                       f"answer by {READABLE:g} combined standard errors here (at most {max(zb.values()):.1f}) and "
-                       f"{'did not' if here_ok else 'did'} there (at most {max(za.values()):.1f}), so accuracy "
+                       f"answer by {READABLE:g} combined standard errors here (largest margin "
+                       f"{max(zb.values()):.1f}) and {'did not' if here_ok else 'did'} there (largest "
+                       f"{max(za.values()):.1f}), so accuracy "
                        f"differences between plans mean {'more' if here_ok else 'less'} here")
     same = "no claim moves between holding in most cells and in few (by perplexity)" + (
         ", and the dense accuracy clears the best constant answer as clearly here as there" if za and zb else "")

@@ -78,8 +78,10 @@ def test_report_cells_match_their_runs(name: str) -> None:
     assert checked >= 20, f"only {checked} cells checked in {name}"
     if any(r["tags"]["study.kind"] == "baseline" for r in runs):  # two rows under each model's dense row
         assert checked_baseline == 2 * len(dense), (name, checked_baseline)
-    if "lm-eval for 0 of" not in text:
-        assert checked_acc >= 5, f"only {checked_acc} accuracy cells checked in {name}"
+    if "lm-eval for 0 of" not in text:  # a partial report may have fewer plans with lm-eval than 5
+        with_acc = sum(1 for r in runs if r["tags"]["study.kind"] == "evaluation"
+                       and any(k.endswith(".acc") for k in r["metrics"]))
+        assert checked_acc >= min(5, with_acc) and with_acc > 0, f"only {checked_acc} accuracy cells checked in {name}"
 
 
 @pytest.mark.parametrize("name", REPORTS)
