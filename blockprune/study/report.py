@@ -56,10 +56,13 @@ def ledger_runs(path: str | Path) -> list[RunRecord]:
 def coverage(study: Study, spec: StudySpec) -> dict[str, int]:
     keys = {s.plan_key for s in study.selections}
     with_tasks = [k for k in keys if k in study.evaluations and study.avg_accuracy(study.evaluations[k]) is not None]
+    # what lm-eval must cover: every plan, or (scope "reference") the reference calibration's plans
+    lm_keys = keys if spec.evaluation.lm_eval_scope == "all" else {s.plan_key for s in study.selections if s.reference}
     n_trials = sum(len(spec.trials(m)) for m in spec.models) * len(spec.calibrations())
     heals = heal_rows(study, spec.heal) if spec.heal is not None else []
     return {"trials": n_trials, "selections": len(study.selections) + len(study.infeasible), "plans": len(keys),
-            "plans_ppl": sum(1 for k in keys if k in study.evaluations), "plans_lm_eval": len(with_tasks),
+            "plans_ppl": sum(1 for k in keys if k in study.evaluations),
+            "plans_lm_eval": len(set(with_tasks) & lm_keys), "plans_lm_scope": len(lm_keys),
             "heal_targets": len(heals), "healed": sum(1 for _, r in heals if r is not None)}
 
 
@@ -129,8 +132,8 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
     """The page; ``out`` (the report's path) places the links of the spec's ``see_also`` reports."""
     cov = coverage(study, spec)
     complete = cov["selections"] == cov["trials"] and cov["plans_ppl"] == cov["plans"] and (
-        not study.tasks or spec.evaluation.lm_eval_scope != "all" or cov["plans_lm_eval"] == cov["plans"]) and (
-        cov["healed"] == cov["heal_targets"])
+        not study.tasks or cov["plans_lm_eval"] == cov["plans_lm_scope"]) and cov["healed"] == cov["heal_targets"]
+    lm_scope = "" if spec.evaluation.lm_eval_scope == "all" else " (the reference calibration's)"
     tasks = ", ".join(f"{t} ({'full' if lim is None else f'first {lim}' + (' per subject' if t == 'mmlu' else '')})"
                       for t, lim in spec.evaluation.tasks) or "none"
     lines = ["# Results: which blocks to remove, and what it costs" + (" — QUICK GRID" if spec.quick else ""), ""]
@@ -142,8 +145,8 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
     lines += see_also_line(spec, out)
     if not complete:
         lines += [f"> **Partial results.** {cov['selections']} of {cov['trials']} selections, perplexity for "
-                  f"{cov['plans_ppl']} and lm-eval for {cov['plans_lm_eval']} of {cov['plans']} distinct plans are "
-                  "done" + (f", {cov['healed']} of {cov['heal_targets']} healings" if spec.heal is not None else "")
+                  f"{cov['plans_ppl']} of {cov['plans']} distinct plans and lm-eval for {cov['plans_lm_eval']} of "
+                  f"{cov['plans_lm_scope']}{lm_scope} are done" + (f", {cov['healed']} of {cov['heal_targets']} healings" if spec.heal is not None else "")
                   + ". Run the same command again to resume; finished work is skipped (on another machine, add "
                   f"`--import-runs` with this page's `{rel_dir}/runs.json` once: it recreates these runs in the new "
                   "MLflow store). "

@@ -9,7 +9,7 @@ import pytest
 
 from blockprune.study.claims import summary_section
 from blockprune.study.record import RunRecord, baseline_key, calibration_key, plan_key, trial_key
-from blockprune.study.report import render
+from blockprune.study.report import coverage, render
 from blockprune.study.spec import parse_spec
 from blockprune.study.tables import Study, stability
 
@@ -151,6 +151,30 @@ def test_accuracy_win_within_noise_is_counted_apart(study: Study) -> None:
     s2 = Study.from_runs(no_n, TASKS, CORPORA, [MODEL])
     assert s2.accuracy_noise() is None  # lm-eval did not say how many questions: no noise claimed
     assert "by average accuracy in 1 of 1." in "\n".join(summary_section(s2))
+
+
+def _spec_with_scope(scope: str) -> object:
+    return parse_spec({"name": "t", "models": {MODEL: {"layer": [2]}},
+                       "calibration": {"corpora": ["a", "b"], "seeds": [0, 1], "n_samples": 8, "seq_len": 64},
+                       "methods": {"layer": ["shortgpt", "entrodrop/entropy.knn", "mi_fbs/mi.ksg", "mi_brute/mi.ksg"]},
+                       "evaluation": {"tasks": {"piqa": 5, "boolq": 5}, "lm_eval_scope": scope}})
+
+
+def test_lm_eval_coverage_counts_the_plans_its_scope_names(study: Study, tmp_path: Path) -> None:
+    """Scope "reference": the report is complete only when the reference calibration's plans all have lm-eval
+    (plans (3,4) and (1,2) here), and the banner counts those, not every distinct plan."""
+    cov = coverage(study, _spec_with_scope("reference"))  # type: ignore[arg-type]
+    assert (cov["plans_lm_eval"], cov["plans_lm_scope"], cov["plans"]) == (2, 2, 4)
+    cov = coverage(study, _spec_with_scope("all"))  # type: ignore[arg-type]
+    assert (cov["plans_lm_eval"], cov["plans_lm_scope"]) == (2, 4)
+    runs = [r for r in _runs(study) if r.key != plan_key(MODEL, "layer", (1, 2))]
+    runs.append(_eval(4, plan_key(MODEL, "layer", (1, 2)), 15.0, 30.0))  # perplexity only
+    partial = Study.from_runs(runs, TASKS, CORPORA, [MODEL])
+    spec = _spec_with_scope("reference")
+    cov = coverage(partial, spec)  # type: ignore[arg-type]
+    assert (cov["plans_lm_eval"], cov["plans_lm_scope"]) == (1, 2)
+    text = render(partial, spec, [], tmp_path, "figs", "cmd", {MODEL: 8})  # type: ignore[arg-type]
+    assert "perplexity for 4 of 4 distinct plans and lm-eval for 1 of 2 (the reference calibration's) are done" in text
 
 
 def test_render_names_runs_and_flags_partial(study: Study, tmp_path: Path) -> None:
