@@ -83,6 +83,6 @@ def stage_replay(model_name: str, revision: str | None, spec: Any, stage: str,
     return StageReplay(replay_dir(Path(cache_dir()) / "replay", model_name, identity), stage, tag, layers)
 
 
-def same_numbers(logged: dict[str, float], fresh: dict[str, float]) -> list[str]:
+def differing_metrics(logged: dict[str, float], fresh: dict[str, float]) -> list[str]:
     """Metrics a recording pass of the dense model computed differently from its logged run."""
     return [k for k, v in fresh.items() if k in logged and not k.endswith("_seconds") and logged[k] != v]

@@ -48,7 +48,7 @@ from blockprune.study.record import (
     plan_key,
     trial_key,
 )
-from blockprune.study.replay import StageReplay, same_numbers, stage_replay
+from blockprune.study.replay import StageReplay, differing_metrics, stage_replay
 from blockprune.study.report import study_from_runs
 from blockprune.study.spec import ModelGrid, StudySpec, validate
 
@@ -293,7 +293,7 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
         me = ctx[name]
         t0 = time.perf_counter()
         if what == "record":
-            _record_dense(me, k, stage, ev, slog, done.get(k), echo)
+            _record_dense(me, k, ev, slog, done.get(k), echo)
             continue
         if what == "ppl":
             with me.build(k) as net, me.prefix(k, net) as rep:
@@ -329,18 +329,18 @@ def _replay_metrics(me: _ModelEval, key: str, rep: Any, prefix: str, t0: float) 
     return {f"{prefix}_replayed_layers": float(rep.skipped_layers), f"{prefix}_replay_misses": float(rep.misses)}
 
 
-def _record_dense(me: _ModelEval, key: str, stage: str, ev: Any, slog: StudyLog, logged: RunRecord | None,
-                  echo: Echo) -> None:
+def _record_dense(me: _ModelEval, key: str, ev: Any, slog: StudyLog, logged: RunRecord | None, echo: Echo) -> None:
     """One dense pass that only records (the dense model was evaluated in an earlier piece); its numbers are
     checked against the logged ones, which they equal unless the machine or libraries changed."""
     assert me.replay is not None
+    ppl = me.replay.stage == "ppl"
     t0 = time.perf_counter()
     with me.replay.record(me.model) as rec:
-        fresh = me.perplexities(me.model, ev) if stage.startswith("ppl") else _lm_eval(me.model, me.tokenizer, ev)
+        fresh = me.perplexities(me.model, ev) if ppl else _lm_eval(me.model, me.tokenizer, ev)
     seconds = time.perf_counter() - t0
     me.replay.mark(rec, seconds)
-    differ = same_numbers(logged.metrics if logged is not None else {}, fresh)
-    slog.log(me.run_ids[key], {f"{'ppl' if stage.startswith('ppl') else 'lm_eval'}_record_seconds": seconds})
+    differ = differing_metrics(logged.metrics if logged is not None else {}, fresh)
+    slog.log(me.run_ids[key], {f"{'ppl' if ppl else 'lm_eval'}_record_seconds": seconds})
     echo(f"[study] {key}: recorded the dense hidden states after layers {list(me.replay.layers)} "
          f"({rec.saved} files, {seconds:.0f} s); "
          + (f"recomputed metrics differ from the logged run: {differ}" if differ else "numbers equal the logged run's"))
