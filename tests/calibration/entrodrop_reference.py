@@ -14,6 +14,7 @@ casts to float32; its bucket and Rényi run in the model's dtype, float16 under 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -79,9 +80,21 @@ def block_scores(store_path: str | Path, n_layers: int, estimator: str, granular
 
     The official code computes each boundary's entropy afresh for every block that reads it; the values are
     the same, so they are remembered per (store, estimator, boundary, window) here: the layer and attention
-    scores of one store then cost one pass over its boundaries (the test suite's time, not the arithmetic)."""
-    fn = ESTIMATORS[estimator]
-    path = Path(store_path)
+    scores of one store then cost one pass over its boundaries (the test suite's time, not the arithmetic).
+
+    Torch runs on one thread here: a 256 x 256 ``cdist`` is too small to share, and on a loaded 2-core
+    machine two torch threads that wait on each other were measured 10x slower than one (cdist + topk of a
+    256 x 576 window: 1.25 s against 0.12 s); that wait was most of the reference tests' minutes in CI."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _block_scores(Path(store_path), n_layers, ESTIMATORS[estimator], estimator, granularity)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _block_scores(path: Path, n_layers: int, fn: Callable[[torch.Tensor], float], estimator: str,
+                  granularity: str) -> list[float]:
     groups = windows_of(path)
 
     def entropy(kind: str, i: int, arr: np.ndarray, w: int, rows: np.ndarray) -> float:
