@@ -14,7 +14,6 @@ casts to float32; its bucket and Rényi run in the model's dtype, float16 under 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -88,13 +87,13 @@ def block_scores(store_path: str | Path, n_layers: int, estimator: str, granular
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return _block_scores(Path(store_path), n_layers, ESTIMATORS[estimator], estimator, granularity)
+        return _block_scores(Path(store_path), n_layers, estimator, granularity)
     finally:
         torch.set_num_threads(threads)
 
 
-def _block_scores(path: Path, n_layers: int, fn: Callable[[torch.Tensor], float], estimator: str,
-                  granularity: str) -> list[float]:
+def _block_scores(path: Path, n_layers: int, estimator: str, granularity: str) -> list[float]:
+    fn = ESTIMATORS[estimator]
     groups = windows_of(path)
 
     def entropy(kind: str, i: int, arr: np.ndarray, w: int, rows: np.ndarray) -> float:
