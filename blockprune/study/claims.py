@@ -286,7 +286,8 @@ def floor_lines(study: Study) -> list[str]:
             text += (f"; of its {len(accs)} pruned plans with lm-eval results, {sum(a <= constant for a in accs)} "
                      "score no more than the best constant answer")
             if noise is not None:
-                text += f" and {sum(a <= chance + noise[1] for a in accs)} are within ±{noise[1]:.3f} of chance"
+                near = sum(a <= chance + noise[1] for a in accs)
+                text += f" and {near} {'is' if near == 1 else 'are'} within ±{noise[1]:.3f} of chance"
         out.append(text + ".")
     return out
 

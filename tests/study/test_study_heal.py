@@ -217,6 +217,12 @@ def test_section_rows_gap_pending_and_cost(tmp_path: Path) -> None:
     # the shared healing is counted once in the cost
     assert "Cost: 2 healings (2,560 tokens trained) took 6 min of wall time in all" in text
     assert "2 plans still to heal." in text
+    assert "Above 100%" not in text  # every healed plan here stays above the dense perplexity
+    # a healing that ends below dense is flagged as adaptation to the evaluation corpora
+    below = heal_section(_study(runs + [_heal_run(spec, E6, 2.0, 0.9, "hD000004zz")], spec), spec)
+    flagged = "\n".join(below)
+    assert "| 2.00 | 0.90 | 115% |" in flagged
+    assert "Above 100%: 1 healed plan ends below the dense model's perplexity." in flagged
     spec_no_heal = replace(spec, heal=None)
     assert heal_section(_study(runs, spec_no_heal), spec_no_heal) == []
     page = render(_study(runs, spec), spec, runs, tmp_path, "figs", "cmd", {MODEL: 30})
