@@ -51,9 +51,10 @@ def _winners(study: Study, counted: ClaimCounts) -> str:
     return ", ".join(f"{name} ({k} of {sum(wins.values())})" for name, k in wins.most_common() if k == top)
 
 
-def contrast_section(here: Study, other: Study, other_name: str) -> list[str]:
+def contrast_section(here: Study, other: Study, other_name: str, partial: str | None = None) -> list[str]:
     """``## Compared with <other_name>``: the claims, the dense accuracy margins, the usual winner and the
-    perplexity/accuracy rank correlation of both studies, then the conclusions that change."""
+    perplexity/accuracy rank correlation of both studies, then the conclusions that change. ``partial``: a
+    sentence saying the other study is not finished (its counts cover fewer cells than they will)."""
     a, b = count_claims(other), count_claims(here)
     rows = []
     for key, text in CLAIMS:
@@ -74,7 +75,7 @@ def contrast_section(here: Study, other: Study, other_name: str) -> list[str]:
     rows.append(["lowest perplexity in the most layer cells", _winners(other, a), _winners(here, b)])
     lines = [f"## Compared with {other_name}", "",
              f"The same counts over {other_name}'s reference plans (its own models, block counts and lm-eval limits) "
-             "and over this page's.", "",
+             "and over this page's." + (f" {partial}" if partial else ""), "",
              *table(["", other_name, "this page"], rows), ""]
     changed = []
     for key, text in CLAIMS:

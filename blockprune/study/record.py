@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 from blockprune.errors import BadInputError
@@ -168,11 +168,27 @@ SYSTEM_TAG_PREFIX = "mlflow."
 ORIGIN, IMPORTED_FROM, MERGED_FROM = "study.origin_run_id", "study.imported_from", "study.merged_from"
 
 
+STORE_TAGS = (ORIGIN, IMPORTED_FROM)  # where this store's copy of a run came from; not part of the measurement
+
+
+def traced(r: RunRecord) -> RunRecord:
+    """The run under the id it was first logged with: a run recreated from a ledger keeps that id in
+    ``study.origin_run_id``. Reports and ledgers name runs by it, so the ids a reader traces stay the same
+    when a study moves to another machine (each move would otherwise renumber every run)."""
+    origin = r.tags.get(ORIGIN)
+    return replace(r, run_id=origin) if origin else r
+
+
 def export(runs: Sequence[RunRecord]) -> list[dict[str, Any]]:
     """Plain JSON of the study's runs: every number the report prints can be traced without MLflow, and
-    the list is a complete ledger (tags, params, metrics) that :func:`import_runs` turns back into runs."""
-    return [{"run_id": r.run_id,
-             "tags": {k: v for k, v in sorted(r.tags.items()) if not k.startswith(SYSTEM_TAG_PREFIX)},
+    the list is a complete ledger (tags, params, metrics) that :func:`import_runs` turns back into runs.
+    Runs go under their first id (:func:`traced`), without the store's own provenance tags, so exporting
+    an imported store gives back the ledger it was imported from. Newest first (``logged_at``), as a store
+    lists them, but in an order that does not depend on the store: an import keeps a key's newest run."""
+    runs = sorted(runs, key=lambda r: (-r.metrics.get("logged_at", 0.0), traced(r).run_id))
+    return [{"run_id": traced(r).run_id,
+             "tags": {k: v for k, v in sorted(r.tags.items())
+                      if not k.startswith(SYSTEM_TAG_PREFIX) and k not in STORE_TAGS},
              "params": dict(sorted(r.params.items())),
              "metrics": dict(sorted(r.metrics.items()))} for r in runs]
 

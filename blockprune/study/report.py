@@ -19,7 +19,7 @@ from typing import Any
 from blockprune.study.claims import noise_text, reference_reading, summary_section
 from blockprune.study.contrast import contrast_section
 from blockprune.study.heal import heal_rows, heal_section
-from blockprune.study.record import RunRecord, StudyLog, export
+from blockprune.study.record import RunRecord, StudyLog, export, traced
 from blockprune.study.sections import (
     budget_section,
     correlation_section,
@@ -35,7 +35,7 @@ from blockprune.study.tables import Study, family
 
 def load_study(spec: StudySpec, tracking_uri: str) -> tuple[Study, list[Any]]:
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
-    runs = slog.runs()
+    runs = [traced(r) for r in slog.runs()]  # the ids of the ledger the store may have been imported from
     return study_from_runs(spec, runs), runs
 
 
@@ -64,6 +64,12 @@ def coverage(study: Study, spec: StudySpec) -> dict[str, int]:
             "plans_ppl": sum(1 for k in keys if k in study.evaluations),
             "plans_lm_eval": len(set(with_tasks) & lm_keys), "plans_lm_scope": len(lm_keys),
             "heal_targets": len(heals), "healed": sum(1 for _, r in heals if r is not None)}
+
+
+def is_complete(study: Study, cov: dict[str, int]) -> bool:
+    """Every trial selected, every plan's perplexity and (in scope) lm-eval measured, every healing done."""
+    return cov["selections"] == cov["trials"] and cov["plans_ppl"] == cov["plans"] and (
+        not study.tasks or cov["plans_lm_eval"] == cov["plans_lm_scope"]) and cov["healed"] == cov["heal_targets"]
 
 
 def see_also_line(spec: StudySpec, out: Path | None) -> list[str]:
@@ -124,15 +130,21 @@ def contrast_lines(study: Study, spec: StudySpec) -> list[str]:
     ledger = Path(report).parent / Path(report).stem.lower() / "runs.json"
     if not ledger.is_file() or not Path(spec_path).is_file():
         return [f"## Compared with {report}", "", f"Not available here: {ledger} or {spec_path} is missing.", ""]
-    return contrast_section(study, study_from_runs(load_spec(spec_path), ledger_runs(ledger)), report)
+    other_spec = load_spec(spec_path)
+    other = study_from_runs(other_spec, ledger_runs(ledger))
+    cov = coverage(other, other_spec)
+    partial = None if is_complete(other, cov) else (
+        f"{report} is partial ({cov['selections']} of {cov['trials']} selections, perplexity for {cov['plans_ppl']} "
+        f"of {cov['plans']} plans, lm-eval for {cov['plans_lm_eval']} of {cov['plans_lm_scope']}): its column counts "
+        "only the cells measured so far, and a reading not measured yet shows –.")
+    return contrast_section(study, other, report, partial)
 
 
 def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, rel_dir: str, command: str,
            n_blocks: dict[str, int], out: Path | None = None) -> str:
     """The page; ``out`` (the report's path) places the links of the spec's ``see_also`` reports."""
     cov = coverage(study, spec)
-    complete = cov["selections"] == cov["trials"] and cov["plans_ppl"] == cov["plans"] and (
-        not study.tasks or cov["plans_lm_eval"] == cov["plans_lm_scope"]) and cov["healed"] == cov["heal_targets"]
+    complete = is_complete(study, cov)
     lm_scope = "" if spec.evaluation.lm_eval_scope == "all" else " (the reference calibration's)"
     tasks = ", ".join(f"{t} ({'full' if lim is None else f'first {lim}' + (' per subject' if t == 'mmlu' else '')})"
                       for t, lim in spec.evaluation.tasks) or "none"
@@ -160,8 +172,8 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
         f"`{spec.experiment}` (study `{spec.name}`, grid `{spec.fingerprint}`, spec `{_shown(spec.source)}`); "
         "nothing here is typed by hand. Each table row names its evaluation run (first 8 characters of the MLflow "
         f"run id); [`{rel_dir}/runs.json`]({rel_dir}/runs.json) holds every run this page used (tags, "
-        "parameters, metrics; runs recreated from an earlier export keep the original id in "
-        "`study.origin_run_id`).", "",
+        "parameters, metrics); a run keeps the id it was first logged with when the study moves to another machine "
+        "(`--import-runs`; the new store tags it `study.origin_run_id`).", "",
         "**Setup.** Models: " + ", ".join(f"`{m.name}` ({n_blocks.get(m.name, '?')} layers)" for m in spec.models)
         + f". Calibration: {spec.n_samples} × {spec.seq_len} tokens of " + _calibrations_text(spec)
         + f", {spec.capture.sample_rows} sampled tokens per block boundary for the "

@@ -34,13 +34,16 @@ def _eval(model: str, i: int, blocks: tuple[int, ...] | None, ppl: float, acc: f
 def _study(model: str, entro_wins: bool, dense_acc: float, n: float) -> Study:
     """One cell (2 layers): ShortGPT ppl 20; EntroDrop (authors' reading) 15 if it wins, else 30. Constant answer
     0.5 on both tasks; the dense model scores ``dense_acc`` on ``n`` questions per task."""
-    runs = [_sel(model, 1, "shortgpt", None, 2, (3, 4)),
+    return Study.from_runs(_runs(model, entro_wins, dense_acc, n), TASKS, CORPORA, [model])
+
+
+def _runs(model: str, entro_wins: bool, dense_acc: float, n: float) -> list[RunRecord]:
+    return [_sel(model, 1, "shortgpt", None, 2, (3, 4)),
             _sel(model, 2, "entrodrop", "entropy.knn_window", 2, (1, 2)),
             _eval(model, 0, None, 10.0, dense_acc, n), _eval(model, 1, (3, 4), 20.0, 0.5, n),
             _eval(model, 2, (1, 2), 15.0 if entro_wins else 30.0, 0.5, n),
             RunRecord(f"{model[:3]}bl", {"study.kind": "baseline", "study.key": baseline_key("d")},
                       {"piqa.constant": 0.5, "boolq.constant": 0.5, "piqa.chance": 0.5, "boolq.chance": 0.5})]
-    return Study.from_runs(runs, TASKS, CORPORA, [model])
 
 
 def test_flips_are_named_and_counts_sit_side_by_side() -> None:
@@ -69,3 +72,25 @@ def test_compare_with_needs_both_paths(tmp_path: Path) -> None:
 
     missing = parse_spec(base | {"compare_with": {"report": str(tmp_path / "NONE.md"), "spec": "x.yaml"}})
     assert "Not available here" in "\n".join(contrast_lines(_study("m", True, 0.6, 50), missing))
+
+
+def test_a_partial_other_study_is_said_to_be_partial(tmp_path: Path) -> None:
+    """While the compared study is still being regenerated (new readings added), its column counts fewer cells:
+    the section says so, with its coverage, instead of passing the counts off as final."""
+    import json
+
+    import yaml
+
+    from blockprune.study.record import export
+    from blockprune.study.report import contrast_lines
+
+    other = {"name": "o", "models": {"small": {"layer": [2]}}, "methods": {"layer": ["shortgpt", "entrodrop"]},
+             "calibration": {"corpora": ["a"], "seeds": [0]}, "evaluation": {"corpora": CORPORA, "tasks": {}}}
+    (tmp_path / "o.yaml").write_text(yaml.safe_dump(other))
+    (tmp_path / "o").mkdir()
+    runs = [r for r in _runs("small", True, 0.6, 50) if not (r.kind == "selection" and "entrodrop" in r.key)]
+    (tmp_path / "o" / "runs.json").write_text(json.dumps({"runs": export(runs)}))
+    here = parse_spec({"name": "t", "models": {"large": {"layer": [2]}}, "methods": {"layer": ["shortgpt"]},
+                       "compare_with": {"report": str(tmp_path / "O.md"), "spec": str(tmp_path / "o.yaml")}})
+    text = "\n".join(contrast_lines(_study("large", True, 0.75, 400), here))
+    assert f"{tmp_path / 'O.md'} is partial (1 of 2 selections, perplexity for 1 of 1 plans" in text

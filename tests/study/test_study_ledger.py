@@ -14,6 +14,7 @@ from blockprune.study.record import (
     StudyLog,
     export,
     import_runs,
+    traced,
 )
 
 
@@ -55,6 +56,13 @@ def test_round_trip_recreates_every_finished_run(tmp_path: Path) -> None:
             {t: v for t, v in ra.tags.items() if not t.startswith("mlflow.")}
         assert rb.tags[ORIGIN] == ra.run_id and rb.tags[IMPORTED_FROM] == "runs.json"
     assert dst.by_key("evaluation")["m|layer|3,4"].tags["tasks_done"] == "piqa:10"
+    # the store's export is the ledger it came from (first ids, no store provenance), and a report names the
+    # runs by those ids: moving a study to another machine renumbers nothing
+    assert export(dst.runs()) == ledger["runs"]  # same order too: a regenerated ledger does not churn
+    assert {traced(r).run_id for r in dst.runs()} == {r.run_id for r in src.runs()}
+    third = _log(tmp_path, "c.db")  # a second move keeps the first ids too
+    import_runs(third, {"fingerprint": "fp1", "runs": export(dst.runs())}, "runs.json")
+    assert {traced(r).run_id for r in third.runs()} == {r.run_id for r in src.runs()}
     # a second import is a no-op; a run logged later in the destination is kept, not duplicated
     assert import_runs(dst, ledger, "runs.json") == (0, 0, 3)
     assert len(dst.runs(finished_only=False)) == 3
