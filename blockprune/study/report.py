@@ -18,7 +18,7 @@ from typing import Any
 
 from blockprune.study.claims import noise_text, reference_reading, summary_section
 from blockprune.study.contrast import contrast_section
-from blockprune.study.heal import heal_rows, heal_section
+from blockprune.study.heal import heal_rows, heal_section, heal_summary
 from blockprune.study.record import RunRecord, StudyLog, export, traced
 from blockprune.study.sections import (
     budget_section,
@@ -195,7 +195,7 @@ def render(study: Study, spec: StudySpec, runs: Sequence[Any], fig_dir: Path, re
     ]
     lines += readings_text(study, spec)
     lines += headline(study, "layer") + headline(study, "attention")
-    lines += summary_section(study)
+    lines += summary_section(study) + heal_summary(study, spec)
     lines += contrast_lines(study, spec)
     lines += budget_section(study)
     lines += correlation_section(study, fig_dir, rel_dir)

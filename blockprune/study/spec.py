@@ -35,7 +35,7 @@ EVAL_KEYS = {"corpora", "windows", "seq_len", "batch_size", "tasks", "lm_eval_sc
              "replay_dense_prefix"}
 SCOPES = ("all", "reference")
 LM_EVAL_DTYPES = ("float32", "bfloat16", "float16")
-HEAL_STUDY_KEYS = {"n_prune", "granularity", "keep_merged"}  # the study's own keys of ``heal:``; the rest is HealConfig's
+HEAL_STUDY_KEYS = {"n_prune", "granularity", "keep_merged", "dense_reference"}  # the study's own keys of ``heal:``; the rest is HealConfig's
 
 
 class StudySpecError(BadInputError):
@@ -112,12 +112,15 @@ class StudyEval:
 class StudyHeal:
     """The spec's ``heal:`` section: after evaluation, LoRA-heal the best reference plan (lowest ppl×) of each
     method family at each of ``n_prune`` blocks of ``granularity`` with ``config``. ``keep_merged``: keep the
-    merged healed weights (GBs per plan) rather than only the adapter and ``heal.json``."""
+    merged healed weights (GBs per plan) rather than only the adapter and ``heal.json``. ``dense_reference``:
+    also LoRA-tune the dense model with the same budget, the like-for-like reference for healed plans (healing
+    trains on the corpora the perplexity is measured on, so a healed plan can end below the untuned dense model)."""
 
     config: HealConfig
     n_prune: tuple[int, ...]
     granularity: str = "layer"
     keep_merged: bool = False
+    dense_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -224,16 +227,15 @@ def _heal(v: Any, evaluation: StudyEval) -> StudyHeal | None:
     granularity = str(v.pop("granularity", "layer"))
     if granularity not in ("layer", "attention"):
         raise StudySpecError(f"heal.granularity must be layer or attention, got {granularity!r}")
-    keep = v.pop("keep_merged", False)
-    if not isinstance(keep, bool):
-        raise StudySpecError(f"heal.keep_merged must be true or false, got {keep!r}")
+    keep = _flag(v.pop("keep_merged", False), "heal.keep_merged")
+    dense_ref = _flag(v.pop("dense_reference", False), "heal.dense_reference")
     v.setdefault("eval_corpora", list(evaluation.corpora))
     v.setdefault("eval_windows", evaluation.windows)
     try:
         config = HealConfig.from_spec(v)
     except (TypeError, ValueError) as e:
         raise StudySpecError(f"heal: {e}") from None
-    return StudyHeal(config, n_prune, granularity, keep)
+    return StudyHeal(config, n_prune, granularity, keep, dense_ref)
 
 
 def _pairs(cal: dict[str, Any]) -> tuple[tuple[str, int], ...]:

@@ -13,7 +13,15 @@ from typing import Any
 
 import pytest
 
-from blockprune.study.heal import heal_key, heal_section, heal_settings_tag, heal_study, heal_targets
+from blockprune.study.heal import (
+    heal_key,
+    heal_section,
+    heal_settings_tag,
+    heal_study,
+    heal_summary,
+    heal_targets,
+)
+from blockprune.study.markdown import fmt
 from blockprune.study.record import RunRecord, StudyLog, calibration_key, plan_key, trial_key
 from blockprune.study.report import render, study_from_runs
 from blockprune.study.spec import StudySpecError, parse_spec
@@ -229,7 +237,56 @@ def test_section_rows_gap_pending_and_cost(tmp_path: Path) -> None:
     assert "## What healing recovers" in page and "3 of 5 healings" in page  # partial until every target is healed
 
 
+def test_dense_reference_is_healed_last_and_compared_like_for_like(tmp_path: Path) -> None:
+    """``dense_reference``: the dense model, no block dropped, is LoRA-tuned with the same budget; its run keys on
+    the dense plan, and the report divides each healed plan's perplexity by the tuned dense model's."""
+    spec = _spec(dense_reference=True)
+    assert not _spec().heal.dense_reference
+    assert heal_settings_tag(spec.heal) == heal_settings_tag(_spec().heal)  # the plans' healings stay valid
+    study = _study(_runs(), spec)
+    targets = heal_targets(study, spec.heal)
+    dense = targets[-1]
+    assert (dense.family, dense.blocks, dense.n_prune, dense.plan_key) == ("dense", (), 0, f"{MODEL}|dense")
+    assert [t.family for t in targets[:-1]] == [t.family for t in heal_targets(study, _spec().heal)]
+    slog = StudyLog(f"sqlite:///{tmp_path / 'mlflow.db'}", "exp", spec.name, spec.fingerprint)
+    fake, said = _FakeHeal(), []
+    assert heal_study(spec, slog, study, {MODEL: 30}, deadline=lambda: False, echo=said.append, heal_fn=fake,
+                      root=tmp_path / "heal") == (5, False)
+    assert fake.calls[-1]["plan"].blocks == () and fake.calls[-1]["plan"].n_blocks == 30
+    assert fake.calls[-1]["dense"] == DENSE  # measured by the first healing, not again
+    assert "the dense model, the like-for-like reference" in said[-1]
+    assert heal_key(f"{MODEL}|dense", spec.heal) in slog.by_key("heal")
+
+    runs = _runs() + [_heal_run(spec, S6, 2.0, 0.9, "hA000001zz"), _heal_run(spec, A8, 4.0, 2.0, "hB000002zz")]
+    pending = "\n".join(heal_section(_study(runs, spec), spec))
+    assert f"| {MODEL} | dense model, same budget | 0 | none | – | – | – | – | not healed yet | `–` |" in pending
+    assert "is the like-for-like reference (not tuned yet)." in pending
+    tuned = RunRecord("hE000005zz", {"study.kind": "heal", "study.key": heal_key(f"{MODEL}|dense", spec.heal),
+                                     "heal_settings": heal_settings_tag(spec.heal)},
+                      {"steps": 5.0, "tokens_trained": 1280.0, "heal_minutes": 3.0, "logged_at": 600.0}
+                      | {f"ppl_ratio_before.{c}": 1.0 for c in DENSE} | {f"ppl_ratio_after.{c}": 0.8 for c in DENSE})
+    text = "\n".join(heal_section(_study(runs + [tuned], spec), spec))
+    assert "*÷ tuned dense*" in text and "| log-gap recovered | ÷ tuned dense | budget | run |" in text
+    # 0.9 below the untuned dense model is still 0.9 / 0.8 = 1.125 above the tuned one
+    assert f"| {MODEL} | ShortGPT and baselines | 6 | ShortGPT (BI): 10 11 12 13 14 15 | 2.00 | 0.90 | 115% | " \
+           f"{fmt(0.9 / 0.8)} |" in text
+    assert f"| {MODEL} | ShortGPT and baselines | 8 | angular distance: {' '.join(map(str, A8))} | 4.00 | 2.00 | " \
+           f"50% | {fmt(2.0 / 0.8)} |" in text
+    assert f"| {MODEL} | dense model, same budget | 0 | none | 1.00 | 0.80 | – | 1.00 | 5 steps" in text
+    assert "Above 100%: 1 healed plan ends below the dense model's perplexity." in text  # not the dense row
+    assert f"(after tuning: {MODEL} ppl× 0.80; column *÷ tuned dense*)." in text
+    assert "Cost: 3 healings" in text
+    # the summary's line: per block count the healed plan that ends lowest, and its cost against the tuned dense
+    summary = "\n".join(heal_summary(_study(runs + [tuned], spec), spec))
+    assert f"{MODEL}, 6 layers: ShortGPT (BI), ppl× 2.00 → 0.90, {fmt(0.9 / 0.8)}× the tuned dense model's " \
+           f"perplexity; {MODEL}, 8 layers: angular distance, ppl× 4.00 → 2.00, {fmt(2.0 / 0.8)}×" in summary
+    before_tuning = "\n".join(heal_summary(_study(runs, spec), spec))
+    assert "ppl× 2.00 → 0.90;" in before_tuning and "tuned dense" not in before_tuning
+    assert heal_summary(_study(_runs(), spec), spec) == []  # nothing healed: no line
+
+
 @pytest.mark.parametrize(("heal", "match"), [
+    ({"dense_reference": "yes"}, "true or false"),
     ({"n_prune": []}, "lists no block counts"),
     ({"granularity": "mlp"}, "layer or attention"),
     ({"keep_merged": "yes"}, "true or false"),
