@@ -84,5 +84,8 @@ def stage_replay(model_name: str, revision: str | None, spec: Any, stage: str,
 
 
 def differing_metrics(logged: dict[str, float], fresh: dict[str, float]) -> list[str]:
-    """Metrics a recording pass of the dense model computed differently from its logged run."""
-    return [k for k, v in fresh.items() if k in logged and not k.endswith("_seconds") and logged[k] != v]
+    """Metrics a recording pass of the dense model computed differently from its logged run, each with its
+    relative difference: another machine or library version moves a perplexity by ~1e-7 (float rounding),
+    a changed model or corpus by far more, and the message has to tell the two apart."""
+    return [f"{k} (relative {abs(v - logged[k]) / max(abs(logged[k]), 1e-30):.1e})" for k, v in fresh.items()
+            if k in logged and not k.endswith("_seconds") and logged[k] != v]

@@ -71,3 +71,14 @@ def test_replayed_study_logs_the_same_numbers(tmp_path: Path, monkeypatch: pytes
     assert all(v.get("ppl_replay_misses", 0) == 0 and v.get("lm_eval_replay_misses", 0) == 0 for v in got.values())
     assert got["smollm2-135m|dense"]["ppl_recorded_files"] > 0
     assert not any("replayed" in m for v in want.values() for m in v)
+
+
+def test_a_differing_dense_recomputation_says_by_how_much() -> None:
+    """Another machine moves the dense perplexity by float rounding (lee-news 36.0699932 logged, 36.0699986
+    recomputed on the next machine); the message gives the size, so rounding reads differently from a change."""
+    from blockprune.study.replay import differing_metrics
+
+    logged = {"ppl.a": 36.069993189588786, "ppl.b": 50.0, "ppl_seconds": 40.0}
+    fresh = {"ppl.a": 36.069998585514846, "ppl.b": 50.0, "ppl_seconds": 12.0, "ppl.c": 3.0}
+    assert differing_metrics(logged, fresh) == ["ppl.a (relative 1.5e-07)"]  # timings and new metrics: not compared
+    assert differing_metrics({"ppl.a": 10.0}, {"ppl.a": 11.0}) == ["ppl.a (relative 1.0e-01)"]
