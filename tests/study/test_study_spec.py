@@ -24,16 +24,19 @@ def test_shipped_specs_cover_the_issue_grid() -> None:
     assert full.corpora == ("wikipedia", "lambada", "lee-news") and full.seeds == (0, 1)
     assert (full.n_samples, full.seq_len) == (128, 256)
     layer = {m.label for m in full.layer_methods}
-    assert {"shortgpt", "sequential", "reverse", "relative_magnitude", "angular", "entrodrop/entropy.bucket",
+    assert {"shortgpt", "sequential", "reverse", "relative_magnitude", "angular", "entrodrop/entropy.knn_window",
+            "mi_greedy/mi.perdim", "mi_fbs/mi.perdim", "mi_brute/mi.perdim", "entrodrop/entropy.bucket",
             "entrodrop/entropy.knn", "entrodrop/entropy.renyi", "mi_greedy/mi.ksg", "mi_fbs/mi.ksg",
             "mi_brute/mi.ksg", "mi_greedy/mi.ksg[proj=none,standardize=none]",
             "mi_fbs/mi.ksg[proj=none,standardize=none]", "mi_brute/mi.ksg[proj=none,standardize=none]"} == layer
-    assert {"entrodrop/entropy.bucket", "entrodrop/entropy.knn", "entrodrop/entropy.renyi"} <= {
-        m.label for m in full.attention_methods}
+    assert {"shortgpt", "entrodrop/entropy.knn_window", "entrodrop/entropy.bucket", "entrodrop/entropy.knn",
+            "entrodrop/entropy.renyi"} == {m.label for m in full.attention_methods}
+    assert full.display_names["entrodrop/entropy.renyi"] == "EntroDrop · Rényi pooled (curve)"
+    assert full.evaluation.replay_dense_prefix
     assert {t for t, _ in full.evaluation.tasks} == {"piqa", "winogrande", "arc_easy", "arc_challenge", "hellaswag",
                                                      "boolq", "openbookqa", "commonsense_qa", "mmlu"}
     assert full.calibrations()[0].corpus == "wikipedia" and full.calibrations()[0].seed == 0
-    assert len(full.trials(full.models[0])) == 14 * 4 + 4 * 3
+    assert len(full.trials(full.models[0])) == 18 * 4 + 5 * 3
 
 
 def test_lm_eval_dtype_redoes_lm_eval_only() -> None:
