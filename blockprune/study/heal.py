@@ -173,6 +173,11 @@ def heal_rows(study: Study, heal: StudyHeal) -> list[tuple[HealTarget, RunRecord
     return [(t, by_key.get(heal_key(t.plan_key, heal))) for t in heal_targets(study, heal)]
 
 
+def _tuned_dense(rows: list[tuple[HealTarget, RunRecord | None]]) -> dict[str, float | None]:
+    """Per model, the ppl× after of its dense-reference healing (the dense model tuned with the same budget)."""
+    return {t.model: _ratio(r.metrics, "after") for t, r in rows if t.family == DENSE_FAMILY and r is not None}
+
+
 def heal_summary(study: Study, spec: StudySpec) -> list[str]:
     """The summary's line on healing: per model and block count, the healed plan that ends lowest, its ppl×
     before → after, and (with ``dense_reference``) what it still costs against the dense model tuned the same
@@ -181,7 +186,7 @@ def heal_summary(study: Study, spec: StudySpec) -> list[str]:
     if heal is None:
         return []
     done = [(t, r) for t, r in heal_rows(study, heal) if r is not None]
-    tuned = {t.model: _ratio(r.metrics, "after") for t, r in done if t.family == DENSE_FAMILY}
+    tuned = _tuned_dense(done)
     best: dict[tuple[str, int], tuple[HealTarget, float, float | None]] = {}
     for t, r in done:
         after = _ratio(r.metrics, "after")
@@ -230,7 +235,7 @@ def heal_section(study: Study, spec: StudySpec) -> list[str]:
         lines[-2] += (" *÷ tuned dense*: the healed plan's perplexity ÷ that of the dense model LoRA-tuned with the "
                       "same budget (the last row per model), geometric mean over the corpora: what pruning still costs "
                       "after healing, like for like.")
-    tuned = {t.model: _ratio(r.metrics, "after") for t, r in rows_in if t.family == DENSE_FAMILY and r is not None}
+    tuned = _tuned_dense(rows_in)
     rows, minutes, tokens, n_done, below_dense = [], 0.0, 0.0, set(), 0
     for t, run in rows_in:
         dense_row = t.family == DENSE_FAMILY
