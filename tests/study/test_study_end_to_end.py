@@ -112,7 +112,8 @@ def test_micro_study_report_traces_to_mlflow_and_store(tmp_path: Path, capsys: p
         return [re.sub(r"`[0-9a-f]{8}`", "ID", line) for line in t.splitlines() if "blockprune.jobs.study" not in line]
 
     assert body(out2.read_text()) == body(text)
-    assert "--import-runs" not in out2.read_text()  # a one-off step, not part of the command to rerun
+    commands = re.findall(r"python -m blockprune\.jobs\.study[^`\n]*", out2.read_text())
+    assert commands and not any("--import-runs" in line for line in commands)  # a one-off step, not part of the command to rerun
 
 
 def test_time_budget_leaves_a_partial_report(tmp_path: Path) -> None:
