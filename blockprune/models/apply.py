@@ -4,9 +4,9 @@
   new ``layer_idx`` (KV-cache slot), and per-layer config lists follow the layers.
 - ``attention`` / ``mlp``: the sub-block and its norms are replaced by parameterless stand-ins
   that add nothing to the residual stream, so their compute is skipped and their weights leave
-  the state dict. For dropped attention the KV cache gets a dummy (never written) slot via the
-  config's ``kv_sharing_modes``, so only kept attentions hold KV entries and stock ``generate``
-  still finds the sequence length and masks on a real attention layer.
+  the state dict. A dropped attention still writes its cache slot, one value per token (a real
+  layer holds 2 × heads × head_dim), so every slot counts the tokens seen and stock ``generate``
+  finds the sequence length and masks on any layer (slot 0 included) whatever the transformers version.
 
 The plan is recorded in ``config.blockprune_plan``; applying a second plan is refused.
 
@@ -44,11 +44,24 @@ class PlanAlreadyAppliedError(RuntimeError):
 
 
 class SkippedAttention(nn.Module):
-    """Stands in for a removed attention sub-block: contributes zero to the residual stream."""
+    """Stands in for a removed attention sub-block: contributes zero to the residual stream.
+
+    With a KV cache it appends a placeholder of one value per token (one head of width 1) to its own slot,
+    so the slot's length still counts the tokens: transformers reads the cache length from slot 0 (and
+    masks from a full-attention slot), counts an empty slot as length 0, and since 5.25 no longer skips
+    slots that hold nothing."""
+
+    def __init__(self, layer_idx: int | None = None) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
 
     def forward(self, hidden_states: torch.Tensor | None = None, *args: Any, **kwargs: Any) -> tuple:
         if hidden_states is None:
             hidden_states = args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))
+        if cache is not None and self.layer_idx is not None and hasattr(cache, "update"):
+            placeholder = hidden_states.new_zeros((hidden_states.shape[0], 1, hidden_states.shape[-2], 1))
+            cache.update(placeholder, placeholder, self.layer_idx)
         return hidden_states.new_zeros(()), None  # a 0-dim zero broadcasts in the residual add
 
 
@@ -220,7 +233,11 @@ def skip_sublayer(layer: Any, adapter: Adapter, granularity: str) -> None:
     )
     for name in modules:
         if name == main:
-            setattr(layer, name, SkippedAttention() if granularity == "attention" else SkippedMLP())
+            if granularity == "attention":
+                idx = getattr(getattr(layer, name, None), "layer_idx", getattr(layer, "layer_idx", None))
+                setattr(layer, name, SkippedAttention(idx if isinstance(idx, int) else None))
+            else:
+                setattr(layer, name, SkippedMLP())
         else:
             setattr(layer, name, nn.Identity())
 
@@ -229,13 +246,6 @@ def _skip_sublayers(model: Any, adapter: Adapter, blocks: tuple[int, ...], granu
     layers = adapter.layers(model)
     for i in blocks:
         skip_sublayer(layers[i], adapter, granularity)
-    if granularity == "attention":
-        cfg = text_config(model.config)
-        n = len(layers)
-        modes = list(getattr(cfg, "kv_sharing_modes", None) or [None] * n)
-        for i in blocks:
-            modes[i] = "reuse"  # transformers builds a DummyLayer cache slot for these
-        cfg.kv_sharing_modes = modes
 
 
 def save_pruned(model: Any, plan: PrunePlan, path: str | Path, tokenizer: Any | None = None) -> Path:
@@ -269,7 +279,7 @@ def load_pruned(path: str | Path, dtype: str = "float32", device_map: Any = None
     del config.blockprune_plan  # re-applied below
     with init_empty_weights(include_buffers=False):
         model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
-    if hasattr(config, "kv_sharing_modes"):
+    if hasattr(config, "kv_sharing_modes"):  # saved by an older blockprune (dummy cache slots); now dropped
         del model.config.kv_sharing_modes
     _skip_sublayers(model, adapter, plan.blocks, plan.granularity)
     model.config.blockprune_plan = plan.to_dict()
