@@ -57,6 +57,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "the tracking store, so a study continues on another machine; runs already there are kept, and "
                         "gain the numbers only the file has (e.g. lm-eval measured elsewhere)")
     p.add_argument("--no-report", action="store_true", help="run only; write no report")
+    p.add_argument("--no-lm-eval", action="store_true",
+                   help="skip lm-eval: selections, perplexity (and healing) only, e.g. on a CPU without native "
+                        "bfloat16, where a bfloat16 study's lm-eval is several times slower; the report stays "
+                        "partial until a run without this flag")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -89,14 +93,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[study] imported {n.imported} runs from {args.import_runs}, added numbers to {n.merged} "
                   f"runs of the store, {n.kept} already there")
         if not args.report_only:
-            run_study(spec, uri, max_minutes=args.max_minutes)
+            run_study(spec, uri, max_minutes=args.max_minutes, lm_eval=not args.no_lm_eval)
     except (StudySpecError, TrackingUnavailableError, ValueError, KeyError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if not args.no_report:
         out = args.out or default_out(spec)
         given = list(argv if argv is not None else sys.argv[1:])
-        shown = [a for i, a in enumerate(given) if a not in ("--report-only", "--no-report", "-v", "--verbose")
+        shown = [a for i, a in enumerate(given) if a not in ("--report-only", "--no-report", "--no-lm-eval", "-v",
+                                                             "--verbose")
                  and not a.startswith("--import-runs") and (i == 0 or given[i - 1] != "--import-runs")]
         path = write_report(spec, uri, out, command=" ".join(["python -m blockprune.jobs.study", *shown]))
         print(f"[study] report: {path}")

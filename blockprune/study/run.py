@@ -393,17 +393,24 @@ def import_study_runs(spec: StudySpec, tracking_uri: str, path: Any) -> ImportCo
 STAGES = ("select-reference", "ppl-reference", "select", "baselines", "tasks-reference", "ppl", "tasks", "heal")
 
 
-def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None = None,
+def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None = None, lm_eval: bool = True,
               echo: Echo = print) -> tuple[Progress, list[RunRecord]]:
-    """Validate, select, evaluate; returns progress and every finished run of this study."""
+    """Validate, select, evaluate; returns progress and every finished run of this study. ``lm_eval=False``
+    skips the lm-eval stages: the rest of the grid runs on a machine that is slow at them, and the report
+    stays partial until a rerun with lm-eval."""
+    from blockprune.evaluation.cpu_features import bf16_cpu_warning
 
     depth = validate(spec)  # before any model loads
+    warning = bf16_cpu_warning(spec.evaluation.lm_eval_dtype) if lm_eval and spec.evaluation.tasks else None
+    if warning:
+        echo(f"[study] warning: {warning}")
+    stages = STAGES if lm_eval else tuple(s for s in STAGES if not s.startswith("tasks"))
     slog = StudyLog(tracking_uri, spec.experiment, spec.name, spec.fingerprint)
     state, deadline = Progress(), Deadline(None if max_minutes is None else max_minutes * 60)
     models: dict[str, Any] = {}
     echo(f"[study] {spec.name} ({'quick' if spec.quick else 'full'} grid {spec.fingerprint}) → {tracking_uri}, "
          f"experiment {spec.experiment!r}")
-    for step in STAGES:
+    for step in stages:
         if step.startswith("select"):
             select_all(spec, slog, state, deadline, echo, models, reference=step == "select-reference")
         elif step == "baselines":

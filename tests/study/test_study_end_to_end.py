@@ -2,7 +2,7 @@
 
 Checks the report against its sources: the ShortGPT plan in the table is recomputed from the activation
 store's Block Influence, every perplexity cell equals its MLflow run's metric, a rerun does no work, and a
-run stopped by its time budget says the report is partial.
+run stopped by its time budget (or run with ``--no-lm-eval``) says the report is partial.
 """
 
 from __future__ import annotations
@@ -50,11 +50,20 @@ def test_micro_study_report_traces_to_mlflow_and_store(tmp_path: Path, capsys: p
     spec_path, uri = _spec(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "docs" / "RESULTS.md"
     args = ["--spec", str(spec_path), "--tracking-uri", uri, "--out", str(out)]
-    assert main(args) == 0
-    text = out.read_text()
-    assert "Partial results" not in text and "QUICK" not in text
     spec = load_spec(spec_path)
     slog = StudyLog(uri, spec.experiment, spec.name, spec.fingerprint)
+
+    # --no-lm-eval: selections and perplexity only; the report is partial and its command resumes without the flag
+    assert main([*args, "--no-lm-eval"]) == 0
+    first = out.read_text()
+    assert "> **Partial results.** 20 of 20 selections" in first and "lm-eval for 0 of" in first
+    assert "--no-lm-eval" not in first
+    assert not any("piqa.acc" in r.metrics for r in slog.runs())
+    capsys.readouterr()
+    assert main(args) == 0
+    assert re.search(r"0 selections, 0 perplexity and [1-9]\d* lm-eval evaluations this run", capsys.readouterr().out)
+    text = out.read_text()
+    assert "Partial results" not in text and "QUICK" not in text
     runs = {r.run_id: r for r in slog.runs()}
     assert sum(r.kind == "selection" for r in runs.values()) == 4 * 5  # 4 calibrations × 5 trials
 
