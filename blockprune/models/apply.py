@@ -110,7 +110,7 @@ def apply_plan(model: Any, plan: PrunePlan) -> Any:
     return model
 
 
-_CONFIG_KEYS_TOUCHED = ("blockprune_plan", "kv_sharing_modes", "max_window_layers")
+_CONFIG_KEYS_TOUCHED = ("blockprune_plan", "max_window_layers")
 _ABSENT = object()
 
 
