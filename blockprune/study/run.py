@@ -27,6 +27,7 @@ from typing import Any
 from blockprune.calibration.corpora import load_corpus
 from blockprune.calibration.windows import heldout_windows
 from blockprune.evaluation.answer_baselines import answer_baselines
+from blockprune.evaluation.cpu_features import bf16_cpu_warning
 from blockprune.evaluation.lm_eval_tasks import run_lm_eval
 from blockprune.models.adapters import adapter_for
 from blockprune.models.zoo import load_model, load_tokenizer, resolve_model
@@ -398,8 +399,6 @@ def run_study(spec: StudySpec, tracking_uri: str, *, max_minutes: float | None =
     """Validate, select, evaluate; returns progress and every finished run of this study. ``lm_eval=False``
     skips the lm-eval stages: the rest of the grid runs on a machine that is slow at them, and the report
     stays partial until a rerun with lm-eval."""
-    from blockprune.evaluation.cpu_features import bf16_cpu_warning
-
     depth = validate(spec)  # before any model loads
     warning = bf16_cpu_warning(spec.evaluation.lm_eval_dtype) if lm_eval and spec.evaluation.tasks else None
     if warning:
