@@ -27,6 +27,31 @@ def cpu_flags(cpuinfo: Path | None = None) -> set[str] | None:
     return None
 
 
+def cpu_model(cpuinfo: Path | None = None) -> str | None:
+    """The first CPU's model name (x86 ``model name``), or None where cpuinfo has none (Arm, not Linux)."""
+    try:
+        text = (cpuinfo or CPUINFO).read_text(errors="replace")
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and value.strip():
+            return " ".join(value.split())
+    return None
+
+
+def cpu_label(cpuinfo: Path | None = None) -> str:
+    """What a run's bfloat16 numbers depend on, in a few words: the CPU model, its widest x86 vector unit, and
+    whether bfloat16 is native (e.g. ``AMD EPYC, AVX512, native bfloat16``). Logged with each lm-eval so a
+    report can say which machines measured its accuracies."""
+    flags = cpu_flags(cpuinfo)
+    bf16 = native_bf16(cpuinfo)
+    simd = None if flags is None else "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    parts = [cpu_model(cpuinfo) or "unknown CPU", simd,
+             {True: "native bfloat16", False: "bfloat16 emulated", None: "bfloat16 support unknown"}[bf16]]
+    return ", ".join(p for p in parts if p)
+
+
 def native_bf16(cpuinfo: Path | None = None) -> bool | None:
     """True/False where the flags say; None where they cannot be read (not Linux)."""
     flags = cpu_flags(cpuinfo)

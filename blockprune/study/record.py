@@ -27,6 +27,8 @@ from blockprune.tracking.tracker import GIT_TAG, ensure_experiment, flatten, git
 KIND, KEY, STUDY, FINGERPRINT = "study.kind", "study.key", "study.name", "study.fingerprint"
 IDENTITY_TAGS = (KIND, KEY, STUDY, FINGERPRINT)  # set by StudyLog.start, never copied from a ledger
 DENSE = "dense"
+LM_EVAL_CPU = "lm_eval.cpu"  # the CPU an evaluation's lm-eval ran on: bfloat16 accuracies depend on it
+RECHECK = "recheck"  # prefix: ``recheck.<stage>`` on the dense run says what a recomputation found, and where
 
 
 def blocks_text(blocks: Iterable[int]) -> str:
@@ -205,6 +207,12 @@ class ImportCounts(NamedTuple):
     kept: int  # the store already had them, or measured the key differently (the store's numbers win)
 
 
+def _is_note(tag: str) -> bool:
+    """Tags that say where a run's numbers were (re)computed: two machines may write them differently for
+    the same numbers, so they never make two runs disagree (the store's own value is kept)."""
+    return tag == LM_EVAL_CPU or tag.startswith(f"{RECHECK}.")
+
+
 def _extension(have: RunRecord, rec: Mapping[str, Any]) -> tuple[dict[str, float], dict[str, str]] | None:
     """Metrics and tags the ledger's run adds to the store's run of the same key, or None when the two
     disagree on a number they share (two measurements: neither is silently overwritten). Timings may
@@ -216,7 +224,7 @@ def _extension(have: RunRecord, rec: Mapping[str, Any]) -> tuple[dict[str, float
     new_metrics = {k: v for k, v in metrics.items() if k not in have.metrics and k != "logged_at"}
     tags = {k: str(v) for k, v in rec.get("tags", {}).items()
             if not k.startswith(SYSTEM_TAG_PREFIX) and k not in (*IDENTITY_TAGS, ORIGIN, GIT_TAG, IMPORTED_FROM)}
-    if any(have.tags[k] != v for k, v in tags.items() if k in have.tags):
+    if any(have.tags[k] != v for k, v in tags.items() if k in have.tags and not _is_note(k)):
         return None
     if new_metrics and metrics.get("logged_at", 0.0) > have.metrics.get("logged_at", 0.0):
         new_metrics["logged_at"] = metrics["logged_at"]  # when the newest of its numbers was measured

@@ -27,7 +27,7 @@ from typing import Any
 from blockprune.calibration.corpora import load_corpus
 from blockprune.calibration.windows import heldout_windows
 from blockprune.evaluation.answer_baselines import answer_baselines
-from blockprune.evaluation.cpu_features import bf16_cpu_warning
+from blockprune.evaluation.cpu_features import bf16_cpu_warning, cpu_label
 from blockprune.evaluation.lm_eval_tasks import run_lm_eval
 from blockprune.models.adapters import adapter_for
 from blockprune.models.zoo import load_model, load_tokenizer, resolve_model
@@ -37,6 +37,8 @@ from blockprune.selection.topk import TooFewBlocksError
 from blockprune.study.heal import heal_study
 from blockprune.study.record import (
     DENSE,
+    LM_EVAL_CPU,
+    RECHECK,
     ImportCounts,
     RunRecord,
     StudyLog,
@@ -315,7 +317,7 @@ def evaluate_all(spec: StudySpec, slog: StudyLog, state: Progress, deadline: Dea
                 metrics = _lm_eval(net, me.tokenizer, ev)
             metrics["lm_eval_seconds"] = time.perf_counter() - t0
             metrics |= _replay_metrics(me, k, rep, "lm_eval", t0)
-            slog.log(me.run_ids[k], metrics, tags={"tasks_done": tasks_tag})
+            slog.log(me.run_ids[k], metrics, tags={"tasks_done": tasks_tag, LM_EVAL_CPU: cpu_label()})
             state.lm_evals += 1
             echo(f"[study] {k}: lm-eval done in {metrics['lm_eval_seconds']:.0f} s")
 
@@ -341,7 +343,10 @@ def _record_dense(me: _ModelEval, key: str, ev: Any, slog: StudyLog, logged: Run
     seconds = time.perf_counter() - t0
     me.replay.mark(rec, seconds)
     differ = differing_metrics(logged.metrics if logged is not None else {}, fresh)
-    slog.log(me.run_ids[key], {f"{'ppl' if ppl else 'lm_eval'}_record_seconds": seconds})
+    stage = "ppl" if ppl else "lm_eval"
+    found = ("differs: " + "; ".join(differ)) if differ else "equal"
+    slog.log(me.run_ids[key], {f"{stage}_record_seconds": seconds},
+             tags={f"{RECHECK}.{stage}": f"{found} (recomputed on {cpu_label()})"[:5000]})
     echo(f"[study] {key}: recorded the dense hidden states after layers {list(me.replay.layers)} "
          f"({rec.saved} files, {seconds:.0f} s); "
          + (f"recomputed metrics differ from the logged run: {differ}" if differ else "numbers equal the logged run's"))

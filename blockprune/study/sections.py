@@ -12,7 +12,7 @@ from pathlib import Path
 
 from blockprune.study.figures import FLOORS, curve_figure, dropped_figure, save_figure, tradeoff_figure
 from blockprune.study.markdown import block_list, fmt, short, table
-from blockprune.study.record import method_id, plan_key
+from blockprune.study.record import LM_EVAL_CPU, RECHECK, method_id, plan_key
 from blockprune.study.spec import StudySpec
 from blockprune.study.tables import VARIANTS, Row, Study, _estimator_label, display, geomean
 
@@ -312,7 +312,29 @@ def time_lines(study: Study, spec: StudySpec) -> list[str]:
     tail = [f"At these rates the whole grid takes ≈ {fmt(whole_total, 1)} h of study time on this machine, "
             "plus model loading between plans and the once-per-machine set-up (corpora, lm-eval data).", ""] \
         if whole_total else []
-    return lines + table(hdr, rows) + [""] + tail + _replay_note(study)
+    return lines + table(hdr, rows) + [""] + tail + _replay_note(study) + cpu_lines(study)
+
+
+def cpu_lines(study: Study) -> list[str]:
+    """Which CPUs measured the lm-eval accuracies, and what rechecks of the dense model found: bfloat16
+    accuracies move by a few answers between CPUs with and without native bfloat16, so a reader has to be
+    able to see whether one report mixes them."""
+    done = [e for e in study.evaluations.values() if "lm_eval_seconds" in e.metrics]
+    if not done:
+        return []
+    counts: dict[str, int] = {}
+    for e in done:
+        cpu = e.where.get(LM_EVAL_CPU, "")
+        counts[cpu] = counts.get(cpu, 0) + 1
+    parts = [f"{cpu or 'not recorded (evaluated before the CPU was logged)'}: {n} plan{'s' * (n != 1)}"
+             for cpu, n in sorted(counts.items(), key=lambda kv: (kv[0] == "", -kv[1], kv[0]))]
+    out = ["lm-eval ran on: " + "; ".join(parts) + "."]
+    for k, e in sorted(study.evaluations.items()):
+        for tag, text in sorted(e.where.items()):
+            if tag.startswith(f"{RECHECK}."):
+                out.append(f"Dense recheck of {tag.removeprefix(f'{RECHECK}.')} for `{k}` "
+                           f"(run {e.run_id}): {text}.")
+    return [" ".join(out), ""]
 
 
 def _replay_note(study: Study) -> list[str]:

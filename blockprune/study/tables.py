@@ -20,7 +20,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from blockprune.selection.methods import METHODS
-from blockprune.study.record import RunRecord, baseline_key, method_id, parse_blocks, plan_key
+from blockprune.study.record import (
+    LM_EVAL_CPU,
+    RECHECK,
+    RunRecord,
+    baseline_key,
+    method_id,
+    parse_blocks,
+    plan_key,
+)
 from blockprune.tracking.figures import jaccard
 
 # Parameter sets the study runs besides an estimator's defaults, as the report names them.
@@ -88,6 +96,7 @@ class Evaluation:
     run_id: str
     plan_key: str
     metrics: dict[str, float]
+    where: dict[str, str] = field(default_factory=dict)  # where its numbers were measured (lm-eval CPU, rechecks)
 
     def ppl(self, corpus: str) -> float | None:
         return self.metrics.get(f"ppl.{corpus}")
@@ -160,7 +169,9 @@ class Study:
             elif r.kind == "evaluation":
                 stale = tasks_tag is not None and t.get("tasks_done") != tasks_tag
                 metrics = {k: v for k, v in r.metrics.items() if not (stale and k.split(".", 1)[0] in tasks)}
-                evals[r.key] = Evaluation(r.run_id, r.key, metrics)
+                where = {k: v for k, v in t.items()
+                         if (k == LM_EVAL_CPU and not stale) or k.startswith(f"{RECHECK}.")}
+                evals[r.key] = Evaluation(r.run_id, r.key, metrics, where)
             elif r.kind == "calibration":
                 cals[r.key] = r  # a calibration resumed with new trials has one run per session; same store
             elif r.kind == "baseline" and docs_key in (None, r.key):

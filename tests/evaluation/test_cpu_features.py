@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from blockprune.evaluation.cpu_features import bf16_cpu_warning, cpu_flags, native_bf16
+from blockprune.evaluation.cpu_features import bf16_cpu_warning, cpu_flags, cpu_label, native_bf16
 
 pytestmark = pytest.mark.unit
 
-AVX2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 avx avx2 fma\n\nprocessor\t: 1\n"
+AVX2 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC  7B13\nflags\t\t: fpu sse sse2 avx avx2 fma\n\nprocessor\t: 1\n"
 SAPPHIRE = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
 ARM = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\nCPU implementer\t: 0x41\n"
 
@@ -28,6 +28,13 @@ def test_flags_and_native_bf16_per_architecture(tmp_path: Path) -> None:
     assert native_bf16(_info(tmp_path, ARM)) is True
     assert native_bf16(tmp_path / "absent") is None  # not Linux: unknown, so no warning
     assert native_bf16(_info(tmp_path, "processor\t: 0\n")) is None
+
+
+def test_cpu_label_names_model_vector_unit_and_bf16(tmp_path: Path) -> None:
+    assert cpu_label(_info(tmp_path, AVX2)) == "AMD EPYC 7B13, AVX2, bfloat16 emulated"
+    assert cpu_label(_info(tmp_path, SAPPHIRE)) == "unknown CPU, AVX512, native bfloat16"
+    assert cpu_label(_info(tmp_path, ARM)) == "unknown CPU, native bfloat16"
+    assert cpu_label(tmp_path / "absent") == "unknown CPU, bfloat16 support unknown"
 
 
 def test_warning_only_for_bfloat16_on_a_cpu_without_it(tmp_path: Path) -> None:

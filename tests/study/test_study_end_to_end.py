@@ -17,9 +17,10 @@ import pytest
 import yaml
 
 from blockprune.calibration.store import ActivationStore
+from blockprune.evaluation.cpu_features import cpu_label
 from blockprune.jobs.study import main
 from blockprune.study.markdown import fmt
-from blockprune.study.record import StudyLog
+from blockprune.study.record import LM_EVAL_CPU, StudyLog
 from blockprune.study.spec import load_spec
 
 pytestmark = pytest.mark.slow
@@ -94,6 +95,9 @@ def test_micro_study_report_traces_to_mlflow_and_store(tmp_path: Path, capsys: p
     with_tasks = {r.key for r in evals if "piqa.acc" in r.metrics}
     ref_keys = {r.tags["plan_key"] for r in runs.values() if r.kind == "selection" and r.tags["reference"] == "1"}
     assert with_tasks == ref_keys | {"smollm2-135m|dense"}
+    # each lm-eval names the CPU it ran on (bfloat16 accuracies depend on it), and the report counts them
+    assert {r.tags.get(LM_EVAL_CPU) for r in evals if "piqa.acc" in r.metrics} == {cpu_label()}
+    assert f"lm-eval ran on: {cpu_label()}: {len(with_tasks)} plans." in text
     # the answer baselines of the scored documents: one run, cited under the dense row
     (base,) = [r for r in runs.values() if r.kind == "baseline"]
     assert base.key == "baseline|piqa:4" and base.metrics["piqa.chance"] == 0.5 and base.metrics["piqa.n"] == 4

@@ -8,8 +8,10 @@ import pytest
 
 from blockprune.study.record import (
     IMPORTED_FROM,
+    LM_EVAL_CPU,
     MERGED_FROM,
     ORIGIN,
+    RECHECK,
     LedgerMismatchError,
     StudyLog,
     export,
@@ -113,3 +115,17 @@ def test_import_never_overwrites_a_number_measured_differently(tmp_path: Path) -
     assert import_runs(here, {"fingerprint": "fp1", "runs": export(there.runs())}, "runs.json") == (0, 0, 1)
     (run,) = here.runs()
     assert run.metrics["ppl.a"] == 12.5 and "piqa.acc" not in run.metrics and "tasks_done" not in run.tags
+
+
+def test_where_a_number_was_measured_never_blocks_an_import(tmp_path: Path) -> None:
+    """The dense run rechecked on two machines carries two different ``recheck.*`` notes (and maybe lm-eval
+    CPUs): notes are not measurements, so lm-eval measured there still merges and the store's note stays."""
+    here, there = _log(tmp_path, "here.db"), _log(tmp_path, "there.db")
+    mine, theirs = _ppl_only(here, 12.5, 40.0), _ppl_only(there, 12.5, 40.0)
+    here.log(mine, tags={f"{RECHECK}.ppl": "equal (recomputed on CPU A)"})
+    there.log(theirs, {"piqa.acc": 0.62}, tags={f"{RECHECK}.ppl": "equal (recomputed on CPU B)",
+                                                LM_EVAL_CPU: "CPU B, AVX512, native bfloat16"})
+    assert import_runs(here, {"fingerprint": "fp1", "runs": export(there.runs())}, "runs.json") == (0, 1, 0)
+    (run,) = here.runs()
+    assert run.metrics["piqa.acc"] == 0.62 and run.tags[LM_EVAL_CPU] == "CPU B, AVX512, native bfloat16"
+    assert run.tags[f"{RECHECK}.ppl"] == "equal (recomputed on CPU A)"

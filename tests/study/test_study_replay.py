@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from blockprune.evaluation.cpu_features import cpu_label
 from blockprune.jobs.study import main
 from blockprune.study.record import StudyLog
 from blockprune.study.spec import load_spec
@@ -53,6 +54,7 @@ def test_replayed_study_logs_the_same_numbers(tmp_path: Path, monkeypatch: pytes
     printed = capsys.readouterr().out
     assert printed.count("recorded the dense hidden states") == 2  # perplexity and lm-eval, second piece
     assert "numbers equal the logged run's" in printed and "differ" not in printed
+    report = (tmp_path / "docs" / "R.md").read_text()  # before the run without replay rewrites it
     _run(_spec(tmp_path, [2, 4], False), without, tmp_path)
 
     got, want = _evaluations(_spec(tmp_path, [2, 4], True), with_replay), _evaluations(_spec(tmp_path, [2, 4], False), without)
@@ -70,6 +72,11 @@ def test_replayed_study_logs_the_same_numbers(tmp_path: Path, monkeypatch: pytes
     assert any(v.get("lm_eval_replayed_layers", 0) > 0 for v in got.values())
     assert all(v.get("ppl_replay_misses", 0) == 0 and v.get("lm_eval_replay_misses", 0) == 0 for v in got.values())
     assert got["smollm2-135m|dense"]["ppl_recorded_files"] > 0
+    spec = load_spec(_spec(tmp_path, [2, 4], True))
+    dense = StudyLog(with_replay, spec.experiment, spec.name, spec.fingerprint).by_key("evaluation")["smollm2-135m|dense"]
+    for stage in ("ppl", "lm_eval"):  # the second piece's recording passes rechecked the dense run
+        assert dense.tags[f"recheck.{stage}"] == f"equal (recomputed on {cpu_label()})"
+    assert f"Dense recheck of lm_eval for `smollm2-135m|dense` (run {dense.run_id}): equal (recomputed on" in report
     assert not any("replayed" in m for v in want.values() for m in v)
 
 
