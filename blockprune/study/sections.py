@@ -333,7 +333,7 @@ def cpu_lines(study: Study) -> list[str]:
         for tag, text in sorted(e.where.items()):
             if tag.startswith(f"{RECHECK}."):
                 out.append(f"Dense recheck of {tag.removeprefix(f'{RECHECK}.')} for `{k}` "
-                           f"(run {e.run_id}): {text}.")
+                           f"(run `{short(e.run_id)}`): {text}.")
     return [" ".join(out), ""]
 
 

@@ -76,7 +76,7 @@ def test_replayed_study_logs_the_same_numbers(tmp_path: Path, monkeypatch: pytes
     dense = StudyLog(with_replay, spec.experiment, spec.name, spec.fingerprint).by_key("evaluation")["smollm2-135m|dense"]
     for stage in ("ppl", "lm_eval"):  # the second piece's recording passes rechecked the dense run
         assert dense.tags[f"recheck.{stage}"] == f"equal (recomputed on {cpu_label()})"
-    assert f"Dense recheck of lm_eval for `smollm2-135m|dense` (run {dense.run_id}): equal (recomputed on" in report
+    assert f"Dense recheck of lm_eval for `smollm2-135m|dense` (run `{dense.run_id[:8]}`): equal (recomputed on" in report
     assert not any("replayed" in m for v in want.values() for m in v)
 
 
