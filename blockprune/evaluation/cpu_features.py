@@ -14,48 +14,50 @@ CPUINFO = Path("/proc/cpuinfo")
 _NATIVE_BF16_FLAGS = {"avx512_bf16", "amx_bf16", "bf16"}  # x86 flags; "bf16" is the Arm Features entry
 
 
+def first_cpu(cpuinfo: Path | None = None) -> dict[str, str] | None:
+    """The first CPU's ``key: value`` fields of /proc/cpuinfo (first occurrence of each key), or None where
+    the file cannot be read (not Linux)."""
+    try:
+        text = (cpuinfo or CPUINFO).read_text(errors="replace")
+    except OSError:
+        return None
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            fields.setdefault(key.strip(), value.strip())
+    return fields
+
+
+def _flags(fields: dict[str, str] | None) -> set[str] | None:
+    value = None if fields is None else fields.get("flags", fields.get("Features"))
+    return None if value is None else set(value.split())
+
+
+def _bf16(flags: set[str] | None) -> bool | None:
+    return None if flags is None else bool(flags & _NATIVE_BF16_FLAGS)
+
+
 def cpu_flags(cpuinfo: Path | None = None) -> set[str] | None:
     """The first CPU's feature flags (x86 ``flags``, Arm ``Features``), or None where they cannot be read."""
-    try:
-        text = (cpuinfo or CPUINFO).read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return None
-
-
-def cpu_model(cpuinfo: Path | None = None) -> str | None:
-    """The first CPU's model name (x86 ``model name``), or None where cpuinfo has none (Arm, not Linux)."""
-    try:
-        text = (cpuinfo or CPUINFO).read_text(errors="replace")
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and value.strip():
-            return " ".join(value.split())
-    return None
-
-
-def cpu_label(cpuinfo: Path | None = None) -> str:
-    """What a run's bfloat16 numbers depend on, in a few words: the CPU model, its widest x86 vector unit, and
-    whether bfloat16 is native (e.g. ``AMD EPYC, AVX512, native bfloat16``). Logged with each lm-eval so a
-    report can say which machines measured its accuracies."""
-    flags = cpu_flags(cpuinfo)
-    bf16 = native_bf16(cpuinfo)
-    simd = None if flags is None else "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
-    parts = [cpu_model(cpuinfo) or "unknown CPU", simd,
-             {True: "native bfloat16", False: "bfloat16 emulated", None: "bfloat16 support unknown"}[bf16]]
-    return ", ".join(p for p in parts if p)
+    return _flags(first_cpu(cpuinfo))
 
 
 def native_bf16(cpuinfo: Path | None = None) -> bool | None:
     """True/False where the flags say; None where they cannot be read (not Linux)."""
-    flags = cpu_flags(cpuinfo)
-    return None if flags is None else bool(flags & _NATIVE_BF16_FLAGS)
+    return _bf16(cpu_flags(cpuinfo))
+
+
+def cpu_label(cpuinfo: Path | None = None) -> str:
+    """What a run's bfloat16 numbers depend on, in a few words: the CPU model (x86 ``model name``), its widest
+    x86 vector unit, and whether bfloat16 is native (e.g. ``AMD EPYC, AVX512, native bfloat16``). Logged with
+    each lm-eval so a report can say which machines measured its accuracies."""
+    fields = first_cpu(cpuinfo)
+    flags = _flags(fields)
+    simd = None if flags is None else "AVX512" if "avx512f" in flags else "AVX2" if "avx2" in flags else None
+    model = " ".join((fields or {}).get("model name", "").split())
+    bf16 = {True: "native bfloat16", False: "bfloat16 emulated", None: "bfloat16 support unknown"}[_bf16(flags)]
+    return ", ".join(p for p in (model or "unknown CPU", simd, bf16) if p)
 
 
 def bf16_cpu_warning(dtype: str, cpuinfo: Path | None = None) -> str | None:
