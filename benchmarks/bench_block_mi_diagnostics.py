@@ -16,7 +16,7 @@ the state overflows float16, as the store does):
   an output that is (nearly) a function of the token carries a discrete, high-MI dependence on an input
   that is one too (block 0's input is the token's embedding).
 
-Writes ``benchmarks/results/bench_block_mi_diagnostics.{json,md}``. About 4 minutes on 2 cores.
+Writes ``benchmarks/results/bench_block_mi_diagnostics.{json,md}``. About 6.5 minutes on 2 cores (measured with another job running beside it).
 """
 
 from __future__ import annotations

@@ -207,7 +207,7 @@ class ImportCounts(NamedTuple):
     kept: int  # the store already had them, or measured the key differently (the store's numbers win)
 
 
-def _is_note(tag: str) -> bool:
+def is_note_tag(tag: str) -> bool:
     """Tags that say where a run's numbers were (re)computed: two machines may write them differently for
     the same numbers, so they never make two runs disagree (the store's own value is kept)."""
     return tag == LM_EVAL_CPU or tag.startswith(f"{RECHECK}.")
@@ -224,7 +224,7 @@ def _extension(have: RunRecord, rec: Mapping[str, Any]) -> tuple[dict[str, float
     new_metrics = {k: v for k, v in metrics.items() if k not in have.metrics and k != "logged_at"}
     tags = {k: str(v) for k, v in rec.get("tags", {}).items()
             if not k.startswith(SYSTEM_TAG_PREFIX) and k not in (*IDENTITY_TAGS, ORIGIN, GIT_TAG, IMPORTED_FROM)}
-    if any(have.tags[k] != v for k, v in tags.items() if k in have.tags and not _is_note(k)):
+    if any(have.tags[k] != v for k, v in tags.items() if k in have.tags and not is_note_tag(k)):
         return None
     if new_metrics and metrics.get("logged_at", 0.0) > have.metrics.get("logged_at", 0.0):
         new_metrics["logged_at"] = metrics["logged_at"]  # when the newest of its numbers was measured

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from blockprune.selection.methods import METHODS
 from blockprune.study.record import (
     LM_EVAL_CPU,
-    RECHECK,
     RunRecord,
     baseline_key,
+    is_note_tag,
     method_id,
     parse_blocks,
     plan_key,
@@ -169,8 +169,7 @@ class Study:
             elif r.kind == "evaluation":
                 stale = tasks_tag is not None and t.get("tasks_done") != tasks_tag
                 metrics = {k: v for k, v in r.metrics.items() if not (stale and k.split(".", 1)[0] in tasks)}
-                where = {k: v for k, v in t.items()
-                         if (k == LM_EVAL_CPU and not stale) or k.startswith(f"{RECHECK}.")}
+                where = {k: v for k, v in t.items() if is_note_tag(k) and not (stale and k == LM_EVAL_CPU)}
                 evals[r.key] = Evaluation(r.run_id, r.key, metrics, where)
             elif r.kind == "calibration":
                 cals[r.key] = r  # a calibration resumed with new trials has one run per session; same store
